@@ -1,0 +1,57 @@
+"""Every limit and timer zflood uses, in one frozen object.
+
+Sizes are bytes, times are seconds. The engine takes a `Config`; the daemon, mesh and local API
+read the same object, so changing a limit here changes it everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class Config:
+    # -- sizes ------------------------------------------------------------------------------
+    #: Largest note body accepted from a local caller or a peer.
+    max_body: int = 256 * KiB
+    #: A batch of notes is cut at this many notes ...
+    batch_notes: int = 1024
+    #: ... or once its bodies reach this many bytes (a single larger note still goes alone).
+    batch_bytes: int = 256 * KiB
+    #: Largest frame on any channel (ZMQ_MAXMSGSIZE too); must hold one batch plus framing.
+    max_frame: int = 2 * MiB
+    #: Batches asked for at once from one peer: how deep a bulk sync pipelines.
+    window_batches: int = 8
+    #: Most origins a hello or heads message may list (a group is 2 to about 10 machines,
+    #: but every machine that ever joined stays an origin).
+    max_origins: int = 4096
+
+    # -- engine timers (driven by Node.tick) ---------------------------------------------------
+    #: Resend our hello this often until the peer shows it has seen it.
+    hello_retry: float = 1.0
+    #: Send every peer our full heads this often, so a lost announcement is repaired.
+    sync_interval: float = 5.0
+    #: A request that made no progress for this long is asked of another peer.
+    request_timeout: float = 3.0
+
+    # -- mesh timers and queues ----------------------------------------------------------------
+    #: A link sends a heartbeat when it has sent nothing for this long.
+    heartbeat: float = 1.0
+    #: A link that has heard nothing for this long is closed and dialled again.
+    peer_timeout: float = 5.0
+    #: Wait before dialling a peer again after its link closed.
+    reconnect: float = 0.5
+    #: Frames queued towards one peer before ZeroMQ drops (the engine recovers losses).
+    send_hwm: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.batch_notes < 1 or self.window_batches < 1:
+            raise ValueError("batch_notes and window_batches must be at least 1")
+        if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:
+            raise ValueError("max_frame must hold a full batch plus one largest note")
+
+
+DEFAULT = Config()

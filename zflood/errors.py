@@ -1,0 +1,28 @@
+"""One error hierarchy, split the way h11 splits it.
+
+`LocalError` means the caller misused the API (a bad argument, a closed node): it is raised to
+the caller. `RemoteProtocolError` means a peer broke the protocol (bad CBOR, a forged note): the
+engine catches it, logs the reason and closes that peer's channel; it never reaches the caller.
+"""
+
+from __future__ import annotations
+
+
+class ZfloodError(Exception):
+    """Base class of every error zflood raises on purpose."""
+
+
+class LocalError(ZfloodError, ValueError):
+    """The caller asked for something invalid."""
+
+
+class NodeClosed(LocalError):
+    """The node was closed; it takes no more calls."""
+
+
+class BadJoinCode(LocalError):
+    """A join code that does not parse or whose checksum does not match."""
+
+
+class RemoteProtocolError(ZfloodError):
+    """A peer sent something invalid; the channel it came on gets closed."""

@@ -1,0 +1,702 @@
+"""The protocol engine: signed per-origin logs flooded over Channels. No I/O, no clock.
+
+Theory of operation. Every node holds, for each origin, a prefix of that origin's log; its
+"heads" say how long each prefix is. On a new channel both sides send a HELLO with their heads
+(O(origins), never O(history)) and each pulls what it lacks with WANT [start, end); the answer
+is NOTES batches, each closed by the origin's signature over the last note's id, which vouches
+for the whole hash chain behind it. So the receiver hashes every note but verifies one
+signature a batch.
+
+New notes spread two ways. An origin pushes its own new note straight to each peer that is
+up to date (one hop). A node that accepted notes of someone else announces its new head with
+HEADS, except to peers that hold it already or are linked to that origin directly (they get
+the push; LINKS tells who is linked to whom). A node pulls each missing range from one peer at
+a time (the origin itself when linked, else the peer with most), pipelining up to
+`window_batches` batches. Over a lossless channel this converges with no timer at all.
+
+Channels may drop frames without closing. `tick(now)` repairs that: it resends a HELLO the peer
+has not acknowledged, sends every peer the full heads every `sync_interval` (a lost HEADS or
+push is then noticed), and asks another peer for a range that made no progress within
+`request_timeout`. A gap in a batch stream (a lost NOTES) is re-asked at once.
+
+Inside `with node.batch():` pushes of own notes and verification of received notes are
+coalesced: one signature and one frame for a run of publishes, one verify and one transaction
+for a run of received pushes. A driver wraps each burst of work in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import cbor2
+
+from . import wire
+from .config import DEFAULT, Config
+from .errors import LocalError, NodeClosed, RemoteProtocolError
+from .identity import GENESIS, SigningKey, note_id, verify
+from .store import Body, Fork, Note, Row, Store
+
+log = logging.getLogger("zflood.node")
+
+Handler = Callable[[Note], None]
+
+
+class Channel(Protocol):
+    """The seed's channel, carrying bytes. Callbacks are set once; frames received before
+    `on_receive` wait for it; `on_close` fires at once on a channel that is already closed."""
+
+    def send(self, frame: bytes) -> None: ...
+    def on_receive(self, callback: Callable[[bytes], None]) -> None: ...
+    def on_close(self, callback: Callable[[], None]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Stats:
+    """Counters a test or `status` can read; they never drive behaviour."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bodies_in: int = 0  # note bodies received, duplicates included
+    duplicates: int = 0  # bodies received that were held already
+    accepted: int = 0  # notes from peers that were new
+    published: int = 0
+    signatures: int = 0
+    verifies: int = 0
+    channels_closed_on_error: int = 0
+
+
+@dataclass(eq=False)
+class _Peer:
+    channel: Channel
+    node: bytes | None = None  # from its hello
+    ready: bool = False  # its hello arrived
+    acked: bool = False  # it has seen our hello
+    closed: bool = False
+    heads: dict[bytes, int] = field(default_factory=dict)  # what we know it holds
+    announced: dict[bytes, int] = field(default_factory=dict)  # what we told it we hold
+    links: frozenset[bytes] = frozenset()  # origins it is linked to directly
+    forked: set[bytes] = field(default_factory=set)  # origins whose chain it has diverged on
+    slow: dict[bytes, float] = field(default_factory=dict)  # origin -> avoid asking until
+    hello_at: float | None = None
+    sync_at: float | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    peer: _Peer
+    start: int  # our count when this stream of WANTs (re)started
+    end: int  # asked up to here (exclusive)
+    progress_at: float | None
+
+
+@dataclass
+class _Run:
+    """Received notes of one origin from one peer, waiting for the end of a batch."""
+
+    start: int
+    bodies: list[Body]
+    sig: bytes
+    size: int
+
+
+class Node:
+    """A member of a flooding group. See the module docstring for how it works."""
+
+    def __init__(
+        self,
+        pickled: bytes | None = None,
+        *,
+        path: str | None = None,
+        group: bytes = b"",
+        config: Config = DEFAULT,
+        fsync: bool = False,
+    ) -> None:
+        if pickled is not None and path is not None:
+            raise LocalError("give either a pickle or a path, not both")
+        self.config = config
+        self.stats = Stats()
+        self._store = Store(path, fsync=fsync)
+        if pickled is not None:
+            state = _unpickle(pickled)
+            self._key = SigningKey(state["seed"])
+            group = state["group"]
+            self._load(state["origins"])
+        else:
+            seed = self._store.get_meta("seed")
+            self._key = SigningKey(seed)
+            if seed is None:
+                self._store.set_meta("seed", self._key.seed)
+            stored_group = self._store.get_meta("group")
+            if stored_group is not None and group and stored_group != group:
+                self._store.close()
+                raise LocalError("this store belongs to another group")
+            group = group or (stored_group or b"")
+        if group and len(group) != 16:
+            raise LocalError("a group id is 16 bytes")
+        if group:
+            self._store.set_meta("group", group)
+        self.id: bytes = self._key.public
+        self.group: bytes = group
+        self._count: dict[bytes, int] = {}
+        self._head: dict[bytes, bytes] = {}
+        for origin, (count, head) in self._store.heads().items():
+            self._count[origin] = count
+            self._head[origin] = head
+        self._own_sig: tuple[int, bytes] | None = None  # (seqno, sig) of our latest signed note
+        self._peers: list[_Peer] = []
+        self._requests: dict[bytes, _Request] = {}
+        self._handlers: list[Handler] = []
+        self._now: float | None = None
+        self._depth = 0  # batch() nesting
+        self._runs: dict[tuple[_Peer, bytes], _Run] = {}
+        self._unpushed = False
+        self._pending_heads: dict[_Peer, dict[bytes, int]] = {}
+        self._links_changed = False
+        self._closed = False
+
+    # -- the seed's interface ----------------------------------------------------------------
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        """Call `handler(note)` for every note held, in arrival order, then for every new one.
+        Returns a function that unsubscribes."""
+        self._check_open()
+        for note in self._store.replay(0, self._store.next_index):
+            handler(note)
+        self._handlers.append(handler)
+        return lambda: self._handlers.remove(handler) if handler in self._handlers else None
+
+    def publish(self, body: Body) -> Note:
+        """Append a note to our log. It is durable when this returns."""
+        self._check_open()
+        if not isinstance(body, str | bytes):
+            raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
+        if wire.body_size(body) > self.config.max_body:
+            raise LocalError(f"a note body is at most {self.config.max_body} bytes")
+        origin = self.id
+        seqno = self._count.get(origin, 0)
+        nid = note_id(origin, seqno, self._head.get(origin, GENESIS), body)
+        index = self._store.append(origin, seqno, [(nid, None, body)])
+        self._count[origin] = seqno + 1
+        self._head[origin] = nid
+        self.stats.published += 1
+        note = Note(origin, seqno, body, nid, index)
+        self._deliver(note)
+        self._unpushed = True
+        if self._depth == 0:
+            self._push_own()
+        return note
+
+    def connect(self, channel: Channel) -> None:
+        """Start replicating over `channel`."""
+        self._check_open()
+        peer = _Peer(channel, hello_at=self._now, sync_at=self._now)
+        self._peers.append(peer)
+        self._send_hello(peer)
+        channel.on_close(lambda: self._on_close(peer))
+        channel.on_receive(lambda frame: self._receive(peer, frame))
+
+    def pickle(self) -> bytes:
+        """Identity and every held note as one portable CBOR value (`Node(pickled)` reads it)."""
+        self._check_open()
+        origins = {}
+        for origin, count in self._count.items():
+            rows = self._store.read(origin, 0, count)
+            if origin == self.id:  # our own chain needs no signatures: the key comes along
+                origins[origin] = [[body, None] for _, _, body in rows]
+            else:
+                origins[origin] = [[body, sig] for _, sig, body in rows]
+        return cbor2.dumps({"v": 1, "seed": self._key.seed, "group": self.group, "origins": origins})
+
+    def tick(self, now: float) -> None:
+        """Let time pass: repair lost frames and re-ask quiet peers. `now` is any monotonic
+        clock in seconds; the engine never reads one itself."""
+        if self._closed:
+            return
+        self._now = now
+        c = self.config
+        with self.batch():
+            for peer in list(self._peers):
+                # timers of what happened before the first tick start now
+                hello_at = peer.hello_at = now if peer.hello_at is None else peer.hello_at
+                sync_at = peer.sync_at = now if peer.sync_at is None else peer.sync_at
+                if not (peer.ready and peer.acked) and now - hello_at >= c.hello_retry:
+                    self._send_hello(peer)
+                if peer.ready and now - sync_at >= c.sync_interval:
+                    peer.sync_at = now
+                    self._send(peer, wire.Heads(dict(self._count)))
+            for origin, req in list(self._requests.items()):
+                if req.progress_at is None:
+                    req.progress_at = now
+                elif now - req.progress_at >= c.request_timeout:
+                    log.info("%s: no progress on %s from %s; asking again", self, _h(origin),
+                             _h(req.peer.node))
+                    req.peer.slow[origin] = now + c.request_timeout
+                    del self._requests[origin]
+                    self._plan(origin)
+
+    def close(self) -> None:
+        """Close every channel and the store. Idempotent."""
+        if self._closed:
+            return
+        with self.batch():
+            pass  # flush what a batch left pending
+        self._closed = True
+        for peer in list(self._peers):
+            peer.closed = True
+            peer.channel.close()
+        self._peers.clear()
+        self._store.close()
+
+    # -- more of the public face ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Coalesce the work done inside: see the module docstring."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and not self._closed:
+                self._flush()
+
+    @property
+    def heads(self) -> dict[bytes, int]:
+        """For every origin held: how many of its notes (the next seqno)."""
+        return dict(self._count)
+
+    @property
+    def count(self) -> int:
+        """Notes held; also the next local arrival index."""
+        return self._store.next_index
+
+    @property
+    def forks(self) -> list[Fork]:
+        return self._store.forks()
+
+    def notes(self, start: int = 0, end: int | None = None) -> Iterator[Note]:
+        """Held notes by local arrival index, streamed."""
+        self._check_open()
+        return self._store.replay(start, end)
+
+    def peers(self) -> list[dict[str, object]]:
+        return [
+            {"node": p.node, "ready": p.ready, "heads": dict(p.heads)}
+            for p in self._peers
+            if not p.closed
+        ]
+
+    def __repr__(self) -> str:
+        return f"Node({self.id[:4].hex()})"
+
+    # -- receiving -----------------------------------------------------------------------------
+    def _receive(self, peer: _Peer, frame: bytes) -> None:
+        if peer.closed or self._closed:
+            return
+        self.stats.frames_in += 1
+        self.stats.bytes_in += len(frame)
+        try:
+            with self.batch():
+                msg = wire.decode(frame, self.config)
+                self._handle(peer, msg)
+        except RemoteProtocolError as e:
+            self._drop(peer, str(e))
+        except Exception:  # a bug or a failing disk must not take the caller down
+            log.exception("%s: error handling a frame from %s", self, _h(peer.node))
+            self._drop(peer, "internal error")
+
+    def _handle(self, peer: _Peer, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Hello):
+            self._on_hello(peer, msg)
+            return
+        if not peer.ready:
+            return  # its hello was lost; our tick resends ours and it answers with its own
+        peer.acked = True  # it only sends this after reading our hello
+        if isinstance(msg, wire.Notes):
+            self._on_notes(peer, msg)
+        elif isinstance(msg, wire.Want):
+            self._serve(peer, msg)
+        elif isinstance(msg, wire.Heads):
+            self._learn(peer, msg.heads)
+        else:
+            gone = peer.links - frozenset(msg.links)
+            peer.links = frozenset(msg.links)
+            # we may have skipped announcing these origins to it: announce now
+            for origin in gone:
+                self._announce_to(peer, origin)
+
+    def _on_hello(self, peer: _Peer, msg: wire.Hello) -> None:
+        if msg.version != wire.VERSION:
+            raise RemoteProtocolError(f"protocol version {msg.version}, we speak {wire.VERSION}")
+        if msg.group != self.group:
+            raise RemoteProtocolError("peer belongs to another group")
+        if msg.node == self.id:
+            raise RemoteProtocolError("connected to ourselves")
+        if peer.node is not None and peer.node != msg.node:
+            raise RemoteProtocolError("peer changed its node id")
+        first = not peer.ready
+        peer.node = msg.node
+        peer.ready = True
+        peer.links = frozenset(msg.links)
+        if msg.seen:
+            peer.acked = True
+        elif not first:
+            self._send_hello(peer)  # it repeats because it has not got ours
+        self._learn(peer, msg.heads)
+        if first:
+            self._links_changed = True
+            self._unpushed = True
+            # what changed since our hello went out is announced now
+            for origin in self._count:
+                self._announce_to(peer, origin)
+
+    def _learn(self, peer: _Peer, heads: dict[bytes, int]) -> None:
+        for origin, count in heads.items():
+            if count > peer.heads.get(origin, 0):
+                peer.heads[origin] = count
+            if count > self._count.get(origin, 0):
+                self._plan(origin)
+
+    def _on_notes(self, peer: _Peer, msg: wire.Notes) -> None:
+        self.stats.bodies_in += len(msg.bodies)
+        if msg.end > peer.heads.get(msg.origin, 0):
+            peer.heads[msg.origin] = msg.end
+        if self._depth > 1:  # inside a driver's batch: merge runs, verify once at the end
+            key = (peer, msg.origin)
+            run = self._runs.get(key)
+            size = sum(map(len, msg.bodies))
+            if run is not None and (
+                run.start + len(run.bodies) != msg.start
+                or len(run.bodies) + len(msg.bodies) > self.config.batch_notes
+                or run.size + size > self.config.batch_bytes
+            ):
+                del self._runs[key]
+                self._accept(peer, msg.origin, run.start, run.bodies, run.sig)
+                run = None
+            if run is None:
+                self._runs[key] = _Run(msg.start, list(msg.bodies), msg.sig, size)
+            else:
+                run.bodies.extend(msg.bodies)
+                run.sig = msg.sig
+                run.size += size
+            return
+        self._accept(peer, msg.origin, msg.start, msg.bodies, msg.sig)
+
+    def _accept(
+        self, peer: _Peer, origin: bytes, start: int, bodies: list[Body] | tuple[Body, ...],
+        sig: bytes,
+    ) -> None:
+        """Check a signed run of `origin`'s notes and store what is new in it."""
+        if origin in peer.forked or peer.closed:
+            return
+        have = self._count.get(origin, 0)
+        end = start + len(bodies)
+        if start > have:
+            self._on_gap(peer, origin)
+            return
+        if start == have:
+            prev = self._head.get(origin, GENESIS)
+        else:
+            found = GENESIS if start == 0 else self._store.id_at(origin, start - 1)
+            assert found is not None
+            prev = found
+        ids = []
+        for i, body in enumerate(bodies):
+            prev = note_id(origin, start + i, prev, body)
+            ids.append(prev)
+        self.stats.verifies += 1
+        if not verify(origin, sig, ids[-1]):
+            raise RemoteProtocolError(f"bad signature on {_h(origin)} notes {start}..{end - 1}")
+        if start < have:  # overlaps what we hold: it must be the same chain
+            last_shared = min(end, have) - 1
+            ours = self._head[origin] if last_shared == have - 1 else None
+            ours = ours or self._store.id_at(origin, last_shared)
+            if ids[last_shared - start] != ours:
+                self._fork(peer, origin, start, bodies, sig, ids)
+                return
+            self.stats.duplicates += min(end, have) - start
+            if end <= have:
+                self._progress(peer, origin)
+                return
+        skip = have - start
+        rows: list[Row] = [(ids[i], None, bodies[i]) for i in range(skip, len(bodies))]
+        last = rows[-1]
+        rows[-1] = (last[0], sig, last[2])
+        first_index = self._store.append(origin, have, rows)
+        self._count[origin] = end
+        self._head[origin] = ids[-1]
+        self.stats.accepted += len(rows)
+        for i, (nid, _, body) in enumerate(rows):
+            self._deliver(Note(origin, have + i, body, nid, first_index + i))
+        self._progress(peer, origin)
+        for other in self._peers:
+            self._announce_to(other, origin)
+        if origin == self.id:
+            self._unpushed = True  # a restored copy of us caught up; nothing to push yet
+
+    def _fork(
+        self, peer: _Peer, origin: bytes, start: int, bodies: list[Body] | tuple[Body, ...],
+        sig: bytes, ids: list[bytes],
+    ) -> None:
+        """`origin` signed two chains. Keep ours, keep the proof, stop taking it from `peer`."""
+        held = self._store.read(origin, start, start + len(ids))
+        seqno = next(start + i for i, row in enumerate(held) if row[0] != ids[i])
+        prev = GENESIS if start == 0 else self._store.id_at(origin, start - 1)
+        evidence = cbor2.dumps({"prev": prev, "start": start, "bodies": list(bodies), "sig": sig})
+        fork = Fork(origin, seqno, held[seqno - start][0], ids[seqno - start], evidence)
+        if self._store.add_fork(fork):
+            log.warning("%s: origin %s forked at seqno %d (seen from %s); keeping ours",
+                        self, _h(origin), seqno, _h(peer.node))
+        peer.forked.add(origin)
+        req = self._requests.get(origin)
+        if req is not None and req.peer is peer:
+            del self._requests[origin]
+            self._plan(origin)
+
+    def _on_gap(self, peer: _Peer, origin: bytes) -> None:
+        """Notes arrived past our head: a frame was lost on this channel (they keep order)."""
+        req = self._requests.get(origin)
+        if req is not None and req.peer is peer:
+            if req.start == self._count.get(origin, 0):
+                return  # already re-asked from here; these are stale batches
+            del self._requests[origin]
+        self._plan(origin)
+
+    def _progress(self, peer: _Peer, origin: bytes) -> None:
+        req = self._requests.get(origin)
+        if req is not None and req.peer is peer:
+            req.progress_at = self._now
+        self._plan(origin)
+
+    # -- pulling -------------------------------------------------------------------------------
+    def _plan(self, origin: bytes) -> None:
+        """Make sure what peers have of `origin` beyond our head is being asked of one peer."""
+        have = self._count.get(origin, 0)
+        window = self.config.batch_notes * self.config.window_batches
+        req = self._requests.get(origin)
+        if req is not None:
+            if req.peer.closed or have >= req.end:
+                del self._requests[origin]
+            else:
+                theirs = req.peer.heads.get(origin, 0)
+                if req.end - have <= window // 2 and theirs > req.end:
+                    end = min(theirs, have + window)
+                    self._send(req.peer, wire.Want(origin, req.end, end))
+                    req.end = end
+                return
+        best = None
+        best_key: tuple[bool, bool, int] | None = None
+        now = self._now
+        for p in self._peers:
+            count = p.heads.get(origin, 0)
+            if p.closed or not p.ready or count <= have or origin in p.forked:
+                continue
+            fresh = now is None or p.slow.get(origin, now) <= now
+            key = (fresh, p.node == origin, count)
+            if best_key is None or key > best_key:
+                best, best_key = p, key
+        if best is None:
+            return
+        end = min(best.heads[origin], have + window)
+        self._requests[origin] = _Request(best, have, end, now)
+        self._send(best, wire.Want(origin, have, end))
+
+    # -- serving -------------------------------------------------------------------------------
+    def _serve(self, peer: _Peer, want: wire.Want) -> None:
+        origin = want.origin
+        have = self._count.get(origin, 0)
+        limit = self.config.batch_notes * self.config.window_batches
+        end = min(want.end, have, want.start + limit)
+        pos = want.start
+        if pos >= end:
+            self._send(peer, wire.Heads({origin: have}))  # we lack it: it will ask elsewhere
+            return
+        while pos < end:
+            bodies, sig = self._cut(origin, pos, end, have)
+            self._send(peer, wire.Notes(origin, pos, tuple(bodies), sig))
+            pos += len(bodies)
+        if pos > peer.heads.get(origin, 0):
+            peer.heads[origin] = pos
+
+    def _cut(self, origin: bytes, start: int, end: int, have: int) -> tuple[list[Body], bytes]:
+        """The next batch from `start`: within the batch limits, ending on a signed note."""
+        c = self.config
+        rows = self._store.read(origin, start, min(end, start + c.batch_notes))
+        n = size = 0
+        for _, _, body in rows:
+            size += len(body)
+            if n and size > c.batch_bytes:
+                break
+            n += 1
+        if origin == self.id:
+            return [r[2] for r in rows[:n]], self._sign_own(start + n - 1, rows[n - 1][0])
+        signed = [i for i in range(n) if rows[i][1] is not None]
+        if not signed:
+            # The run between two stored signatures is one batch as received, so it fits a
+            # frame; read on to the next signature.
+            stop = self._store.next_signed(origin, start)
+            assert stop is not None and stop < have, "a relayed head is always signed"
+            rows = self._store.read(origin, start, stop + 1)
+            signed = [len(rows) - 1]
+        last = signed[-1]
+        sig = rows[last][1]
+        assert sig is not None
+        return [r[2] for r in rows[: last + 1]], sig
+
+    def _sign_own(self, seqno: int, nid: bytes) -> bytes:
+        if self._own_sig is not None and self._own_sig[0] == seqno:
+            return self._own_sig[1]
+        sig = self._key.sign(nid)
+        self.stats.signatures += 1
+        if seqno == self._count[self.id] - 1:
+            self._own_sig = (seqno, sig)
+        return sig
+
+    # -- spreading -----------------------------------------------------------------------------
+    def _push_own(self) -> None:
+        """Send our new notes to every peer that is up to date with us; announce otherwise."""
+        self._unpushed = False
+        origin = self.id
+        have = self._count.get(origin, 0)
+        for peer in self._peers:
+            if peer.closed or not peer.ready:
+                continue
+            theirs = peer.heads.get(origin, 0)
+            if theirs >= have:
+                continue
+            # a peer still pulling what our hello offered gets an announcement, not a push
+            # that would overlap its pull
+            if theirs >= peer.announced.get(origin, 0) and have - theirs <= self.config.batch_notes:
+                rows = self._store.read(origin, theirs, have)
+                if sum(len(r[2]) for r in rows) <= self.config.batch_bytes or len(rows) == 1:
+                    sig = self._sign_own(have - 1, rows[-1][0])
+                    self._send(peer, wire.Notes(origin, theirs, tuple(r[2] for r in rows), sig))
+                    peer.heads[origin] = have
+                    continue
+            self._announce_to(peer, origin)  # far behind: it pulls in batches
+
+    def _announce_to(self, peer: _Peer, origin: bytes) -> None:
+        have = self._count.get(origin, 0)
+        if (
+            peer.closed
+            or not peer.ready
+            or peer.node == origin
+            or (origin in peer.links and origin != self.id)
+            or peer.heads.get(origin, 0) >= have
+            or peer.announced.get(origin, 0) >= have
+        ):
+            return
+        peer.announced[origin] = have
+        self._pending_heads.setdefault(peer, {})[origin] = have
+
+    def _flush(self) -> None:
+        """End of a batch: accept merged runs, push own notes, send coalesced announcements."""
+        while self._runs:
+            (peer, origin), run = self._runs.popitem()
+            try:
+                self._accept(peer, origin, run.start, run.bodies, run.sig)
+            except RemoteProtocolError as e:
+                self._drop(peer, str(e))
+            except Exception:
+                log.exception("%s: error accepting notes from %s", self, _h(peer.node))
+                self._drop(peer, "internal error")
+        if self._unpushed:
+            self._push_own()
+        if self._links_changed:
+            self._links_changed = False
+            links = wire.Links(self._linked())
+            for peer in self._peers:
+                if peer.ready and not peer.closed:
+                    self._send(peer, links)
+        pending, self._pending_heads = self._pending_heads, {}
+        for peer, heads in pending.items():
+            self._send(peer, wire.Heads(heads))
+
+    # -- channel plumbing ----------------------------------------------------------------------
+    def _linked(self) -> tuple[bytes, ...]:
+        return tuple({p.node for p in self._peers if p.ready and not p.closed and p.node})
+
+    def _send_hello(self, peer: _Peer) -> None:
+        peer.hello_at = self._now
+        peer.announced = dict(self._count)
+        hello = wire.Hello(wire.VERSION, self.group, self.id, dict(self._count), self._linked(),
+                           peer.ready)
+        self._send(peer, hello)
+
+    def _send(self, peer: _Peer, msg: wire.Message) -> None:
+        if peer.closed:
+            return
+        frame = wire.encode(msg)
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame)
+        peer.channel.send(frame)
+
+    def _drop(self, peer: _Peer, reason: str) -> None:
+        """A peer broke the protocol: log why and close its channel. Nothing was stored."""
+        if peer.closed:
+            return
+        log.warning("%s: closing channel to %s: %s", self, _h(peer.node), reason)
+        self.stats.channels_closed_on_error += 1
+        peer.channel.close()
+        self._on_close(peer)
+
+    def _on_close(self, peer: _Peer) -> None:
+        if peer.closed and peer not in self._peers:
+            return
+        peer.closed = True
+        if peer in self._peers:
+            self._peers.remove(peer)
+        for key in [k for k in self._runs if k[0] is peer]:
+            del self._runs[key]
+        self._pending_heads.pop(peer, None)
+        if self._closed:
+            return
+        with self.batch():
+            if peer.ready:
+                self._links_changed = True
+            for origin, req in list(self._requests.items()):
+                if req.peer is peer:
+                    del self._requests[origin]
+                    self._plan(origin)
+
+    def _deliver(self, note: Note) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler(note)
+            except Exception:  # one bad subscriber must not stop replication
+                log.exception("%s: subscriber %r failed on a note", self, handler)
+
+    def _load(self, origins: dict[bytes, list[list[object]]]) -> None:
+        for origin, notes in origins.items():
+            prev = GENESIS
+            rows: list[Row] = []
+            for seqno, (body, sig) in enumerate(notes):
+                assert isinstance(body, str | bytes) and (sig is None or isinstance(sig, bytes))
+                prev = note_id(origin, seqno, prev, body)
+                rows.append((prev, sig, body))
+            if rows:
+                self._store.append(origin, 0, rows)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NodeClosed("this node is closed")
+
+
+def _unpickle(data: bytes) -> dict[str, object]:
+    try:
+        state = cbor2.loads(data)
+        assert isinstance(state, dict) and state.get("v") == 1
+        assert isinstance(state["seed"], bytes) and isinstance(state["group"], bytes)
+        assert isinstance(state["origins"], dict)
+    except Exception:
+        raise LocalError("not a zflood pickle") from None
+    return state
+
+
+def _h(node: bytes | None) -> str:
+    return "?" if node is None else node[:4].hex()

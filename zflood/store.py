@@ -1,0 +1,220 @@
+"""SQLite storage: one append-only log per origin, heads read from the index, replay streamed.
+
+Theory of operation. `notes` is a WITHOUT ROWID table keyed by (origin number, seqno), so one
+origin's log is contiguous on disk and a range read is one index walk; `idx` is the local
+arrival index (a second, unique index) that replay and `Client.follow` read in order. Heads are
+not kept in a table: each is one `max(seqno)` lookup on the primary key, so opening a store
+costs O(origins * log n) whatever the history. WAL with synchronous=NORMAL makes a commit
+durable against a crash of the process (kill -9) once `commit` returns; `fsync=True` switches
+to synchronous=FULL for power loss. Only the engine writes; nothing here knows the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LocalError
+
+Body = str | bytes
+Row = tuple[bytes, bytes | None, Body]  # (note id, signature or None, body)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS origins (no INTEGER PRIMARY KEY, origin BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS notes (
+    origin INTEGER NOT NULL,
+    seqno INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    sig BLOB,
+    body NOT NULL,
+    PRIMARY KEY (origin, seqno)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS notes_by_idx ON notes (idx);
+CREATE TABLE IF NOT EXISTS forks (
+    origin BLOB NOT NULL,
+    seqno INTEGER NOT NULL,
+    ours BLOB NOT NULL,
+    theirs BLOB NOT NULL,
+    evidence BLOB NOT NULL,
+    PRIMARY KEY (origin, seqno)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One delivered note. `index` is its local arrival index in this node's store."""
+
+    origin: bytes
+    seqno: int
+    body: Body
+    id: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """Proof that `origin` signed two different notes at `seqno`; ours was kept."""
+
+    origin: bytes
+    seqno: int
+    ours: bytes
+    theirs: bytes
+    evidence: bytes  # CBOR: the conflicting signed batch as received, with its previous id
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, fsync: bool = False):
+        self.path = None if path is None else os.fspath(path)
+        try:
+            if self.path is not None:
+                # private keys live in this file: keep it (and its -wal, -shm) owner-only
+                old = os.umask(0o077)
+                try:
+                    self._db = sqlite3.connect(self.path, isolation_level=None)
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    os.umask(old)
+            else:
+                self._db = sqlite3.connect(":memory:", isolation_level=None)
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise LocalError(f"cannot open store {self.path}: {e}") from None
+        self._origin_no: dict[bytes, int] = dict(
+            self._db.execute("SELECT origin, no FROM origins").fetchall()
+        )
+        self._origins: dict[int, bytes] = {no: o for o, no in self._origin_no.items()}
+        last = self._db.execute("SELECT max(idx) FROM notes").fetchone()[0]
+        self.next_index: int = 0 if last is None else last + 1
+
+    # -- meta ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- heads ---------------------------------------------------------------------------
+    def heads(self) -> dict[bytes, tuple[int, bytes]]:
+        """For every origin: (count held, id of the last note)."""
+        out = {}
+        for origin, no in self._origin_no.items():
+            row = self._db.execute(
+                "SELECT seqno, id FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1", (no,)
+            ).fetchone()
+            if row is not None:
+                out[origin] = (row[0] + 1, row[1])
+        return out
+
+    def _no(self, origin: bytes) -> int:
+        no = self._origin_no.get(origin)
+        if no is None:
+            no = self._db.execute("INSERT INTO origins (origin) VALUES (?)", (origin,)).lastrowid
+            assert no is not None
+            self._origin_no[origin] = no
+            self._origins[no] = origin
+        return no
+
+    # -- writes --------------------------------------------------------------------------
+    def append(self, origin: bytes, start: int, rows: Sequence[Row]) -> int:
+        """Store notes start.. of `origin` in one transaction; returns the first's index.
+        Durable (against a crash of the process) when this returns."""
+        first = self.next_index
+        no = self._no(origin)
+        db = self._db
+        if len(rows) == 1:
+            note_id, sig, body = rows[0]
+            db.execute(
+                "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (no, start, first, note_id, sig, body),
+            )
+        else:
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?,?,?,?,?,?)",
+                    [
+                        (no, start + i, first + i, r[0], r[1], r[2])
+                        for i, r in enumerate(rows)
+                    ],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        self.next_index = first + len(rows)
+        return first
+
+    def add_fork(self, fork: Fork) -> bool:
+        """Record a fork once per (origin, seqno); True if it is new."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
+            (fork.origin, fork.seqno, fork.ours, fork.theirs, fork.evidence),
+        )
+        return cur.rowcount == 1
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(self, origin: bytes, start: int, end: int) -> list[Row]:
+        """Notes [start, end) of `origin` that are held, in order."""
+        no = self._origin_no.get(origin)
+        if no is None:
+            return []
+        return self._db.execute(
+            "SELECT id, sig, body FROM notes WHERE origin = ? AND seqno >= ? AND seqno < ?"
+            " ORDER BY seqno",
+            (no, start, end),
+        ).fetchall()
+
+    def next_signed(self, origin: bytes, start: int) -> int | None:
+        """The first seqno >= start whose signature is stored."""
+        no = self._origin_no.get(origin)
+        if no is None:
+            return None
+        row = self._db.execute(
+            "SELECT seqno FROM notes WHERE origin = ? AND seqno >= ? AND sig IS NOT NULL"
+            " ORDER BY seqno LIMIT 1",
+            (no, start),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def id_at(self, origin: bytes, seqno: int) -> bytes | None:
+        no = self._origin_no.get(origin)
+        if no is None:
+            return None
+        row = self._db.execute(
+            "SELECT id FROM notes WHERE origin = ? AND seqno = ?", (no, seqno)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def replay(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[Note]:
+        """Notes with start <= index < end in arrival order, read `chunk` at a time so memory
+        stays flat however long the history."""
+        stop = self.next_index if end is None else end
+        pos = start
+        while pos < stop:
+            rows = self._db.execute(
+                "SELECT origin, seqno, body, id, idx FROM notes WHERE idx >= ? AND idx < ?"
+                " ORDER BY idx LIMIT ?",
+                (pos, stop, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for no, seqno, body, note_id, idx in rows:
+                yield Note(self._origins[no], seqno, body, note_id, idx)
+            pos = rows[-1][4] + 1
+
+    def forks(self) -> list[Fork]:
+        return [
+            Fork(*row)
+            for row in self._db.execute("SELECT origin, seqno, ours, theirs, evidence FROM forks")
+        ]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,211 @@
+"""CBOR frames: the engine's five messages, built, encoded, decoded and validated here only.
+
+A frame is a CBOR array whose first item names the message. Every message is a small frozen
+dataclass that validates itself when built, so a decoded message is a valid one; anything
+else becomes one `RemoteProtocolError` raised from one place (`decode`). Oversized frames are
+refused before any parsing. The limits come from `Config`.
+
+    HELLO  [0, version, group, node, heads, links, seen]   first frame on a channel
+    HEADS  [1, heads]                                      "I now hold these counts"
+    LINKS  [2, links]                                      "I am linked to these origins"
+    WANT   [3, origin, start, end]                         "send me notes [start, end)"
+    NOTES  [4, origin, start, bodies, sig]                 notes start.., sig closes the last
+
+`heads` maps an origin id to how many of its notes the sender holds (a count, so the next
+seqno). `sig` is the origin's signature of the last note's id, which vouches for the chain.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import cbor2
+
+from .config import DEFAULT, Config
+from .errors import RemoteProtocolError
+from .identity import GROUP_ID_SIZE, ID_SIZE, SIG_SIZE
+
+VERSION = 1
+MAX_SEQNO = 2**62  # far beyond any log; keeps every count a small CBOR integer
+
+Body = str | bytes
+
+
+def _check(ok: bool, why: str) -> None:
+    if not ok:
+        raise RemoteProtocolError(why)
+
+
+def _is_int(v: object, low: int = 0, high: int = MAX_SEQNO) -> bool:
+    return type(v) is int and low <= v <= high
+
+
+def _is_id(v: object) -> bool:
+    return type(v) is bytes and len(v) == ID_SIZE
+
+
+def _heads(v: object, limit: int) -> dict[bytes, int]:
+    _check(type(v) is dict and len(v) <= limit, "heads must be a map of at most max_origins")
+    assert isinstance(v, dict)
+    for origin, count in v.items():
+        _check(_is_id(origin) and _is_int(count), "heads must map 32-byte ids to counts")
+    return v
+
+
+def _links(v: object, limit: int) -> tuple[bytes, ...]:
+    _check(type(v) in (list, tuple) and len(v) <= limit, "links must be a list of ids")
+    assert isinstance(v, list | tuple)
+    _check(all(_is_id(x) for x in v), "links must be a list of 32-byte ids")
+    return tuple(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    TYPE: ClassVar[int] = 0
+    version: int
+    group: bytes
+    node: bytes
+    heads: dict[bytes, int]
+    links: tuple[bytes, ...] = ()
+    seen: bool = False  # the sender has received our hello on this channel
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.version, 0, 2**16), "bad version")
+        _check(type(self.group) is bytes and len(self.group) in (0, GROUP_ID_SIZE), "bad group")
+        _check(_is_id(self.node), "bad node id")
+        _check(type(self.seen) is bool, "bad seen flag")
+
+    def fields(self) -> list[Any]:
+        return [self.version, self.group, self.node, self.heads, list(self.links), self.seen]
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    TYPE: ClassVar[int] = 1
+    heads: dict[bytes, int]
+
+    def fields(self) -> list[Any]:
+        return [self.heads]
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    TYPE: ClassVar[int] = 2
+    links: tuple[bytes, ...]
+
+    def fields(self) -> list[Any]:
+        return [list(self.links)]
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    TYPE: ClassVar[int] = 3
+    origin: bytes
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        _check(_is_id(self.origin), "bad origin")
+        _check(_is_int(self.start) and _is_int(self.end) and self.start < self.end, "bad range")
+
+    def fields(self) -> list[Any]:
+        return [self.origin, self.start, self.end]
+
+
+@dataclass(frozen=True, slots=True)
+class Notes:
+    TYPE: ClassVar[int] = 4
+    origin: bytes
+    start: int
+    bodies: tuple[Body, ...]
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        _check(_is_id(self.origin), "bad origin")
+        _check(_is_int(self.start) and self.start + len(self.bodies) <= MAX_SEQNO, "bad start")
+        _check(len(self.bodies) > 0, "empty batch")
+        _check(type(self.sig) is bytes and len(self.sig) == SIG_SIZE, "bad signature size")
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.bodies)
+
+    def fields(self) -> list[Any]:
+        return [self.origin, self.start, list(self.bodies), self.sig]
+
+
+Message = Hello | Heads | Links | Want | Notes
+
+
+def encode(msg: Message) -> bytes:
+    return cbor2.dumps([msg.TYPE, *msg.fields()])
+
+
+def decode(frame: bytes, config: Config = DEFAULT) -> Message:
+    """Parse and validate one frame; every failure is a `RemoteProtocolError`."""
+    _check(type(frame) is bytes, "a frame must be bytes")
+    _check(len(frame) <= config.max_frame, f"frame of {len(frame)} bytes exceeds max_frame")
+    fp = io.BytesIO(frame)
+    try:
+        item = cbor2.CBORDecoder(fp).decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise RemoteProtocolError(f"undecodable CBOR: {e}") from None
+    _check(fp.tell() == len(frame), "trailing bytes after the CBOR item")
+    _check(type(item) is list and len(item) >= 1, "a frame is a non-empty CBOR array")
+    kind, args = item[0], item[1:]
+    try:
+        return _PARSERS[kind](args, config)
+    except KeyError:
+        raise RemoteProtocolError(f"unknown message type {kind!r}") from None
+    except TypeError:  # wrong arity or an unhashable CBOR type where a key was expected
+        raise RemoteProtocolError(f"malformed message of type {kind!r}") from None
+
+
+def _parse_hello(a: list[Any], c: Config) -> Hello:
+    _check(len(a) == 6, "HELLO takes 6 fields")
+    return Hello(a[0], a[1], a[2], _heads(a[3], c.max_origins), _links(a[4], c.max_origins), a[5])
+
+
+def _parse_heads(a: list[Any], c: Config) -> Heads:
+    _check(len(a) == 1, "HEADS takes 1 field")
+    return Heads(_heads(a[0], c.max_origins))
+
+
+def _parse_links(a: list[Any], c: Config) -> Links:
+    _check(len(a) == 1, "LINKS takes 1 field")
+    return Links(_links(a[0], c.max_origins))
+
+
+def _parse_want(a: list[Any], c: Config) -> Want:
+    _check(len(a) == 3, "WANT takes 3 fields")
+    return Want(a[0], a[1], a[2])
+
+
+def _parse_notes(a: list[Any], c: Config) -> Notes:
+    _check(len(a) == 4, "NOTES takes 4 fields")
+    bodies = a[2]
+    _check(type(bodies) is list and len(bodies) <= c.batch_notes, "too many notes in a batch")
+    limit = c.max_body
+    for b in bodies:
+        # len() of text counts characters; UTF-8 takes at most 4 bytes for each
+        t = type(b)
+        _check(t is bytes or t is str, "a body is text or bytes")
+        _check(len(b) <= limit and (t is bytes or len(b) * 4 <= limit or body_size(b) <= limit),
+               "a body exceeds max_body")
+    return Notes(a[0], a[1], tuple(bodies), a[3])
+
+
+def body_size(body: Body) -> int:
+    """A body's size in bytes as stored and sent."""
+    return len(body.encode()) if isinstance(body, str) else len(body)
+
+
+_PARSERS = {
+    Hello.TYPE: _parse_hello,
+    Heads.TYPE: _parse_heads,
+    Links.TYPE: _parse_links,
+    Want.TYPE: _parse_want,
+    Notes.TYPE: _parse_notes,
+}
