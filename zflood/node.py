@@ -101,6 +101,7 @@ class _Run:
     """Received notes of one origin from one peer, waiting for the end of a batch."""
 
     start: int
+    prev: bytes
     bodies: list[Body]
     sig: bytes
     size: int
@@ -124,10 +125,9 @@ class Node:
         self.stats = Stats()
         self._store = Store(path, fsync=fsync)
         if pickled is not None:
-            state = _unpickle(pickled)
-            self._key = SigningKey(state["seed"])
-            group = state["group"]
-            self._load(state["origins"])
+            seed, group, origins = _unpickle(pickled)
+            self._key = SigningKey(seed)
+            self._load(origins)
         else:
             seed = self._store.get_meta("seed")
             self._key = SigningKey(seed)
@@ -211,7 +211,8 @@ class Node:
                 origins[origin] = [[body, None] for _, _, body in rows]
             else:
                 origins[origin] = [[body, sig] for _, sig, body in rows]
-        return cbor2.dumps({"v": 1, "seed": self._key.seed, "group": self.group, "origins": origins})
+        state = {"v": 1, "seed": self._key.seed, "group": self.group, "origins": origins}
+        return cbor2.dumps(state)
 
     def tick(self, now: float) -> None:
         """Let time pass: repair lost frames and re-ask quiet peers. `now` is any monotonic
@@ -348,12 +349,28 @@ class Node:
         elif not first:
             self._send_hello(peer)  # it repeats because it has not got ours
         self._learn(peer, msg.heads)
+        self._compare_tips(peer, msg)
         if first:
             self._links_changed = True
             self._unpushed = True
-            # what changed since our hello went out is announced now
+            # what changed since our hello went out is announced now (our own notes are
+            # pushed by _push_own at the end of this batch)
             for origin in self._count:
-                self._announce_to(peer, origin)
+                if origin != self.id:
+                    self._announce_to(peer, origin)
+
+    def _compare_tips(self, peer: _Peer, msg: wire.Hello) -> None:
+        """A peer whose chain of an origin ends differently from ours at the same seqno holds
+        a fork; ask it for that note, whose signed answer is the proof."""
+        for origin, tip in msg.tips.items():
+            count = msg.heads.get(origin, 0)
+            have = self._count.get(origin, 0)
+            if (
+                0 < count <= have
+                and origin not in peer.forked
+                and tip != self._id_at(origin, count - 1, have)
+            ):
+                self._send(peer, wire.Want(origin, count - 1, count))
 
     def _learn(self, peer: _Peer, heads: dict[bytes, int]) -> None:
         for origin, count in heads.items():
@@ -376,20 +393,20 @@ class Node:
                 or run.size + size > self.config.batch_bytes
             ):
                 del self._runs[key]
-                self._accept(peer, msg.origin, run.start, run.bodies, run.sig)
+                self._accept(peer, msg.origin, run.start, run.prev, run.bodies, run.sig)
                 run = None
             if run is None:
-                self._runs[key] = _Run(msg.start, list(msg.bodies), msg.sig, size)
+                self._runs[key] = _Run(msg.start, msg.prev, list(msg.bodies), msg.sig, size)
             else:
                 run.bodies.extend(msg.bodies)
                 run.sig = msg.sig
                 run.size += size
             return
-        self._accept(peer, msg.origin, msg.start, msg.bodies, msg.sig)
+        self._accept(peer, msg.origin, msg.start, msg.prev, msg.bodies, msg.sig)
 
     def _accept(
-        self, peer: _Peer, origin: bytes, start: int, bodies: list[Body] | tuple[Body, ...],
-        sig: bytes,
+        self, peer: _Peer, origin: bytes, start: int, prev: bytes,
+        bodies: list[Body] | tuple[Body, ...], sig: bytes,
     ) -> None:
         """Check a signed run of `origin`'s notes and store what is new in it."""
         if origin in peer.forked or peer.closed:
@@ -399,27 +416,29 @@ class Node:
         if start > have:
             self._on_gap(peer, origin)
             return
-        if start == have:
-            prev = self._head.get(origin, GENESIS)
-        else:
-            found = GENESIS if start == 0 else self._store.id_at(origin, start - 1)
-            assert found is not None
-            prev = found
+        if start == 0 and prev != GENESIS:
+            raise RemoteProtocolError("a log's first note must follow the genesis id")
         ids = []
+        nid = prev
         for i, body in enumerate(bodies):
-            prev = note_id(origin, start + i, prev, body)
-            ids.append(prev)
+            nid = note_id(origin, start + i, nid, body)
+            ids.append(nid)
         self.stats.verifies += 1
         if not verify(origin, sig, ids[-1]):
             raise RemoteProtocolError(f"bad signature on {_h(origin)} notes {start}..{end - 1}")
-        if start < have:  # overlaps what we hold: it must be the same chain
-            last_shared = min(end, have) - 1
-            ours = self._head[origin] if last_shared == have - 1 else None
-            ours = ours or self._store.id_at(origin, last_shared)
-            if ids[last_shared - start] != ours:
-                self._fork(peer, origin, start, bodies, sig, ids)
+        # Validly signed. Does it continue our chain? If not, the origin signed two chains.
+        ours = self._id_at(origin, start - 1, have)
+        if prev != ours:
+            self._fork(peer, origin, start - 1, ours, prev, start, prev, bodies, sig)
+            return
+        if start < have:
+            shared = min(end, have)
+            if ids[shared - 1 - start] != self._id_at(origin, shared - 1, have):
+                held = self._store.read(origin, start, shared)
+                i = next(i for i, row in enumerate(held) if row[0] != ids[i])
+                self._fork(peer, origin, start + i, held[i][0], ids[i], start, prev, bodies, sig)
                 return
-            self.stats.duplicates += min(end, have) - start
+            self.stats.duplicates += shared - start
             if end <= have:
                 self._progress(peer, origin)
                 return
@@ -439,16 +458,23 @@ class Node:
         if origin == self.id:
             self._unpushed = True  # a restored copy of us caught up; nothing to push yet
 
+    def _id_at(self, origin: bytes, seqno: int, have: int) -> bytes:
+        if seqno < 0:
+            return GENESIS
+        if seqno == have - 1:
+            return self._head[origin]
+        found = self._store.id_at(origin, seqno)
+        assert found is not None
+        return found
+
     def _fork(
-        self, peer: _Peer, origin: bytes, start: int, bodies: list[Body] | tuple[Body, ...],
-        sig: bytes, ids: list[bytes],
+        self, peer: _Peer, origin: bytes, seqno: int, ours: bytes, theirs: bytes,
+        start: int, prev: bytes, bodies: list[Body] | tuple[Body, ...], sig: bytes,
     ) -> None:
-        """`origin` signed two chains. Keep ours, keep the proof, stop taking it from `peer`."""
-        held = self._store.read(origin, start, start + len(ids))
-        seqno = next(start + i for i, row in enumerate(held) if row[0] != ids[i])
-        prev = GENESIS if start == 0 else self._store.id_at(origin, start - 1)
-        evidence = cbor2.dumps({"prev": prev, "start": start, "bodies": list(bodies), "sig": sig})
-        fork = Fork(origin, seqno, held[seqno - start][0], ids[seqno - start], evidence)
+        """`origin` signed two chains that differ at `seqno`. Keep ours, keep the proof (the
+        signed batch that vouches for theirs), stop taking this origin from `peer`."""
+        evidence = cbor2.dumps({"start": start, "prev": prev, "bodies": list(bodies), "sig": sig})
+        fork = Fork(origin, seqno, ours, theirs, evidence)
         if self._store.add_fork(fork):
             log.warning("%s: origin %s forked at seqno %d (seen from %s); keeping ours",
                         self, _h(origin), seqno, _h(peer.node))
@@ -516,14 +542,18 @@ class Node:
         if pos >= end:
             self._send(peer, wire.Heads({origin: have}))  # we lack it: it will ask elsewhere
             return
+        prev = self._id_at(origin, pos - 1, have)
         while pos < end:
-            bodies, sig = self._cut(origin, pos, end, have)
-            self._send(peer, wire.Notes(origin, pos, tuple(bodies), sig))
+            bodies, sig, last = self._cut(origin, pos, end, have)
+            self._send(peer, wire.Notes(origin, pos, prev, tuple(bodies), sig))
             pos += len(bodies)
+            prev = last
         if pos > peer.heads.get(origin, 0):
             peer.heads[origin] = pos
 
-    def _cut(self, origin: bytes, start: int, end: int, have: int) -> tuple[list[Body], bytes]:
+    def _cut(
+        self, origin: bytes, start: int, end: int, have: int
+    ) -> tuple[list[Body], bytes, bytes]:
         """The next batch from `start`: within the batch limits, ending on a signed note."""
         c = self.config
         rows = self._store.read(origin, start, min(end, start + c.batch_notes))
@@ -534,7 +564,8 @@ class Node:
                 break
             n += 1
         if origin == self.id:
-            return [r[2] for r in rows[:n]], self._sign_own(start + n - 1, rows[n - 1][0])
+            last_id = rows[n - 1][0]
+            return [r[2] for r in rows[:n]], self._sign_own(start + n - 1, last_id), last_id
         signed = [i for i in range(n) if rows[i][1] is not None]
         if not signed:
             # The run between two stored signatures is one batch as received, so it fits a
@@ -546,7 +577,7 @@ class Node:
         last = signed[-1]
         sig = rows[last][1]
         assert sig is not None
-        return [r[2] for r in rows[: last + 1]], sig
+        return [r[2] for r in rows[: last + 1]], sig, rows[last][0]
 
     def _sign_own(self, seqno: int, nid: bytes) -> bytes:
         if self._own_sig is not None and self._own_sig[0] == seqno:
@@ -575,7 +606,9 @@ class Node:
                 rows = self._store.read(origin, theirs, have)
                 if sum(len(r[2]) for r in rows) <= self.config.batch_bytes or len(rows) == 1:
                     sig = self._sign_own(have - 1, rows[-1][0])
-                    self._send(peer, wire.Notes(origin, theirs, tuple(r[2] for r in rows), sig))
+                    prev = self._id_at(origin, theirs - 1, have)
+                    bodies = tuple(r[2] for r in rows)
+                    self._send(peer, wire.Notes(origin, theirs, prev, bodies, sig))
                     peer.heads[origin] = have
                     continue
             self._announce_to(peer, origin)  # far behind: it pulls in batches
@@ -599,7 +632,7 @@ class Node:
         while self._runs:
             (peer, origin), run = self._runs.popitem()
             try:
-                self._accept(peer, origin, run.start, run.bodies, run.sig)
+                self._accept(peer, origin, run.start, run.prev, run.bodies, run.sig)
             except RemoteProtocolError as e:
                 self._drop(peer, str(e))
             except Exception:
@@ -624,8 +657,8 @@ class Node:
     def _send_hello(self, peer: _Peer) -> None:
         peer.hello_at = self._now
         peer.announced = dict(self._count)
-        hello = wire.Hello(wire.VERSION, self.group, self.id, dict(self._count), self._linked(),
-                           peer.ready)
+        hello = wire.Hello(wire.VERSION, self.group, self.id, dict(self._count), dict(self._head),
+                           self._linked(), peer.ready)
         self._send(peer, hello)
 
     def _send(self, peer: _Peer, msg: wire.Message) -> None:
@@ -687,15 +720,20 @@ class Node:
             raise NodeClosed("this node is closed")
 
 
-def _unpickle(data: bytes) -> dict[str, object]:
+def _unpickle(data: bytes) -> tuple[bytes, bytes, dict[bytes, list[list[object]]]]:
     try:
         state = cbor2.loads(data)
-        assert isinstance(state, dict) and state.get("v") == 1
-        assert isinstance(state["seed"], bytes) and isinstance(state["group"], bytes)
-        assert isinstance(state["origins"], dict)
+        seed, group, origins = state["seed"], state["group"], state["origins"]
+        if not (
+            state.get("v") == 1
+            and isinstance(seed, bytes)
+            and isinstance(group, bytes)
+            and isinstance(origins, dict)
+        ):
+            raise ValueError
     except Exception:
         raise LocalError("not a zflood pickle") from None
-    return state
+    return seed, group, origins
 
 
 def _h(node: bytes | None) -> str:

@@ -113,11 +113,11 @@ class SimLink:
             end._closed()
 
     @property
-    def frames(self) -> int:
+    def frames_sent(self) -> int:
         return self.counts[0].frames + self.counts[1].frames
 
     @property
-    def bytes(self) -> int:
+    def bytes_sent(self) -> int:
         return self.counts[0].bytes + self.counts[1].bytes
 
     def _transmit(self, side: int, frame: bytes) -> None:
@@ -235,9 +235,9 @@ class Sim:
         return True
 
     @property
-    def frames(self) -> int:
-        return sum(link.frames for link in self.links)
+    def frames_sent(self) -> int:
+        return sum(link.frames_sent for link in self.links)
 
     @property
-    def bytes(self) -> int:
-        return sum(link.bytes for link in self.links)
+    def bytes_sent(self) -> int:
+        return sum(link.bytes_sent for link in self.links)

@@ -5,19 +5,23 @@ dataclass that validates itself when built, so a decoded message is a valid one;
 else becomes one `RemoteProtocolError` raised from one place (`decode`). Oversized frames are
 refused before any parsing. The limits come from `Config`.
 
-    HELLO  [0, version, group, node, heads, links, seen]   first frame on a channel
-    HEADS  [1, heads]                                      "I now hold these counts"
-    LINKS  [2, links]                                      "I am linked to these origins"
-    WANT   [3, origin, start, end]                         "send me notes [start, end)"
-    NOTES  [4, origin, start, bodies, sig]                 notes start.., sig closes the last
+    HELLO  [0, version, group, node, heads, tips, links, seen]  first frame on a channel
+    HEADS  [1, heads]                                  "I now hold these counts"
+    LINKS  [2, links]                                  "I am linked to these origins"
+    WANT   [3, origin, start, end]                     "send me notes [start, end)"
+    NOTES  [4, origin, start, prev, bodies, sig]       notes start.., sig closes the last
 
 `heads` maps an origin id to how many of its notes the sender holds (a count, so the next
-seqno). `sig` is the origin's signature of the last note's id, which vouches for the chain.
+seqno); `tips` maps it to the id of the last one, so two chains that forked are noticed even
+at equal length. `prev` is the id of the note before `start`: with it a batch proves itself,
+and a validly signed batch that does not continue our chain is a fork, not a forgery. `sig`
+is the origin's signature of the last note's id, which vouches for the whole chain.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,9 +59,9 @@ def _heads(v: object, limit: int) -> dict[bytes, int]:
 
 
 def _links(v: object, limit: int) -> tuple[bytes, ...]:
-    _check(type(v) in (list, tuple) and len(v) <= limit, "links must be a list of ids")
+    _check(isinstance(v, list | tuple), "links must be a list of ids")
     assert isinstance(v, list | tuple)
-    _check(all(_is_id(x) for x in v), "links must be a list of 32-byte ids")
+    _check(len(v) <= limit and all(_is_id(x) for x in v), "links must be a list of 32-byte ids")
     return tuple(v)
 
 
@@ -68,6 +72,7 @@ class Hello:
     group: bytes
     node: bytes
     heads: dict[bytes, int]
+    tips: dict[bytes, bytes]
     links: tuple[bytes, ...] = ()
     seen: bool = False  # the sender has received our hello on this channel
 
@@ -78,7 +83,8 @@ class Hello:
         _check(type(self.seen) is bool, "bad seen flag")
 
     def fields(self) -> list[Any]:
-        return [self.version, self.group, self.node, self.heads, list(self.links), self.seen]
+        return [self.version, self.group, self.node, self.heads, self.tips, list(self.links),
+                self.seen]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +125,13 @@ class Notes:
     TYPE: ClassVar[int] = 4
     origin: bytes
     start: int
+    prev: bytes
     bodies: tuple[Body, ...]
     sig: bytes
 
     def __post_init__(self) -> None:
         _check(_is_id(self.origin), "bad origin")
+        _check(_is_id(self.prev), "bad previous id")
         _check(_is_int(self.start) and self.start + len(self.bodies) <= MAX_SEQNO, "bad start")
         _check(len(self.bodies) > 0, "empty batch")
         _check(type(self.sig) is bytes and len(self.sig) == SIG_SIZE, "bad signature size")
@@ -133,7 +141,7 @@ class Notes:
         return self.start + len(self.bodies)
 
     def fields(self) -> list[Any]:
-        return [self.origin, self.start, list(self.bodies), self.sig]
+        return [self.origin, self.start, self.prev, list(self.bodies), self.sig]
 
 
 Message = Hello | Heads | Links | Want | Notes
@@ -164,8 +172,12 @@ def decode(frame: bytes, config: Config = DEFAULT) -> Message:
 
 
 def _parse_hello(a: list[Any], c: Config) -> Hello:
-    _check(len(a) == 6, "HELLO takes 6 fields")
-    return Hello(a[0], a[1], a[2], _heads(a[3], c.max_origins), _links(a[4], c.max_origins), a[5])
+    _check(len(a) == 7, "HELLO takes 7 fields")
+    tips = a[4]
+    _check(type(tips) is dict and len(tips) <= c.max_origins, "tips must be a map")
+    _check(all(_is_id(k) and _is_id(v) for k, v in tips.items()), "tips map ids to ids")
+    heads = _heads(a[3], c.max_origins)
+    return Hello(a[0], a[1], a[2], heads, tips, _links(a[5], c.max_origins), a[6])
 
 
 def _parse_heads(a: list[Any], c: Config) -> Heads:
@@ -184,8 +196,8 @@ def _parse_want(a: list[Any], c: Config) -> Want:
 
 
 def _parse_notes(a: list[Any], c: Config) -> Notes:
-    _check(len(a) == 4, "NOTES takes 4 fields")
-    bodies = a[2]
+    _check(len(a) == 5, "NOTES takes 5 fields")
+    bodies = a[3]
     _check(type(bodies) is list and len(bodies) <= c.batch_notes, "too many notes in a batch")
     limit = c.max_body
     for b in bodies:
@@ -194,7 +206,7 @@ def _parse_notes(a: list[Any], c: Config) -> Notes:
         _check(t is bytes or t is str, "a body is text or bytes")
         _check(len(b) <= limit and (t is bytes or len(b) * 4 <= limit or body_size(b) <= limit),
                "a body exceeds max_body")
-    return Notes(a[0], a[1], tuple(bodies), a[3])
+    return Notes(a[0], a[1], a[2], tuple(bodies), a[4])
 
 
 def body_size(body: Body) -> int:
@@ -202,7 +214,7 @@ def body_size(body: Body) -> int:
     return len(body.encode()) if isinstance(body, str) else len(body)
 
 
-_PARSERS = {
+_PARSERS: dict[int, Callable[[list[Any], Config], Message]] = {
     Hello.TYPE: _parse_hello,
     Heads.TYPE: _parse_heads,
     Links.TYPE: _parse_links,

@@ -1,0 +1,44 @@
+"""A Channel the test drives by hand: it records what the engine sends and lets the test
+play the peer, frame by frame."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from zflood import wire
+
+
+class ManualChannel:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+        self._receive: Callable[[bytes], None] | None = None
+        self._on_close: Callable[[], None] | None = None
+
+    # the engine's side
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self.sent.append(frame)
+
+    def on_receive(self, callback: Callable[[bytes], None]) -> None:
+        self._receive = callback
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close = callback
+        if self.closed:
+            callback()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._on_close:
+                self._on_close()
+
+    # the test's side
+    def feed(self, frame: bytes) -> None:
+        assert self._receive is not None
+        if not self.closed:
+            self._receive(frame)
+
+    def messages(self) -> list[wire.Message]:
+        return [wire.decode(f) for f in self.sent]
