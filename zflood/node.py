@@ -157,40 +157,61 @@ class Node:
         self._depth = 0  # batch() nesting
         self._runs: dict[tuple[_Peer, bytes], _Run] = {}
         self._unpushed = False
+        # (seqno, previous id, bodies) of what was published since the last push: peers that
+        # were up to date get it without a read from the store
+        self._fresh: tuple[int, bytes, list[Body]] | None = None
         self._pending_heads: dict[_Peer, dict[bytes, int]] = {}
         self._links_changed = False
         self._closed = False
 
     # -- the seed's interface ----------------------------------------------------------------
-    def subscribe(self, handler: Handler) -> Callable[[], None]:
+    def subscribe(self, handler: Handler, start: int = 0) -> Callable[[], None]:
         """Call `handler(note)` for every note held, in arrival order, then for every new one.
+        `start` skips held notes with a lower local index (`start=node.count`: new ones only).
         Returns a function that unsubscribes."""
         self._check_open()
-        for note in self._store.replay(0, self._store.next_index):
+        for note in self._store.replay(start, self._store.next_index):
             handler(note)
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler) if handler in self._handlers else None
 
     def publish(self, body: Body) -> Note:
         """Append a note to our log. It is durable when this returns."""
+        return self.publish_many([body])[0]
+
+    def publish_many(self, bodies: list[Body]) -> list[Note]:
+        """Append several notes in one transaction (all or none); durable on return."""
         self._check_open()
-        if not isinstance(body, str | bytes):
-            raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
-        if wire.body_size(body) > self.config.max_body:
-            raise LocalError(f"a note body is at most {self.config.max_body} bytes")
+        for body in bodies:
+            if not isinstance(body, str | bytes):
+                raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
+            if wire.body_size(body) > self.config.max_body:
+                raise LocalError(f"a note body is at most {self.config.max_body} bytes")
+        if not bodies:
+            return []
         origin = self.id
-        seqno = self._count.get(origin, 0)
-        nid = note_id(origin, seqno, self._head.get(origin, GENESIS), body)
-        index = self._store.append(origin, seqno, [(nid, None, body)])
-        self._count[origin] = seqno + 1
+        start = seqno = self._count.get(origin, 0)
+        nid = prev = self._head.get(origin, GENESIS)
+        rows: list[Row] = []
+        for body in bodies:
+            nid = note_id(origin, seqno, nid, body)
+            rows.append((nid, None, body))
+            seqno += 1
+        index = self._store.append(origin, start, rows)
+        self._count[origin] = seqno
         self._head[origin] = nid
-        self.stats.published += 1
-        note = Note(origin, seqno, body, nid, index)
-        self._deliver(note)
+        self.stats.published += len(rows)
+        notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
+        for note in notes:
+            self._deliver(note)
+        if self._unpushed and self._fresh is not None:
+            self._fresh[2].extend(bodies)
+        elif not self._unpushed:
+            self._fresh = (start, prev, list(bodies))
         self._unpushed = True
         if self._depth == 0:
             self._push_own()
-        return note
+        return notes
 
     def connect(self, channel: Channel) -> None:
         """Start replicating over `channel`."""
@@ -455,8 +476,9 @@ class Node:
         self._progress(peer, origin)
         for other in self._peers:
             self._announce_to(other, origin)
-        if origin == self.id:
-            self._unpushed = True  # a restored copy of us caught up; nothing to push yet
+        if origin == self.id:  # a restored copy of us caught up on its own notes
+            self._unpushed = True
+            self._fresh = None
 
     def _id_at(self, origin: bytes, seqno: int, have: int) -> bytes:
         if seqno < 0:
@@ -591,27 +613,44 @@ class Node:
     # -- spreading -----------------------------------------------------------------------------
     def _push_own(self) -> None:
         """Send our new notes to every peer that is up to date with us; announce otherwise."""
+        fresh, self._fresh = self._fresh, None
         self._unpushed = False
         origin = self.id
         have = self._count.get(origin, 0)
+        frames: dict[int, bytes | None] = {}  # by the seqno a push starts at: sign once
         for peer in self._peers:
             if peer.closed or not peer.ready:
                 continue
             theirs = peer.heads.get(origin, 0)
             if theirs >= have:
                 continue
-            # a peer still pulling what our hello offered gets an announcement, not a push
-            # that would overlap its pull
+            # A peer still pulling what our hello offered, or far behind, gets an
+            # announcement: a push would overlap its pull or not fit a frame.
+            frame = None
             if theirs >= peer.announced.get(origin, 0) and have - theirs <= self.config.batch_notes:
-                rows = self._store.read(origin, theirs, have)
-                if sum(len(r[2]) for r in rows) <= self.config.batch_bytes or len(rows) == 1:
-                    sig = self._sign_own(have - 1, rows[-1][0])
-                    prev = self._id_at(origin, theirs - 1, have)
-                    bodies = tuple(r[2] for r in rows)
-                    self._send(peer, wire.Notes(origin, theirs, prev, bodies, sig))
-                    peer.heads[origin] = have
-                    continue
-            self._announce_to(peer, origin)  # far behind: it pulls in batches
+                if theirs not in frames:
+                    frames[theirs] = self._push_frame(theirs, have, fresh)
+                frame = frames[theirs]
+            if frame is None:
+                self._announce_to(peer, origin)
+            else:
+                self._send_frame(peer, frame)
+                peer.heads[origin] = have
+
+    def _push_frame(
+        self, start: int, have: int, fresh: tuple[int, bytes, list[Body]] | None
+    ) -> bytes | None:
+        """Our notes [start, have) as one signed NOTES frame, or None if they overflow one."""
+        origin = self.id
+        if fresh is not None and fresh[0] == start:
+            prev, bodies = fresh[1], fresh[2]
+        else:
+            prev = self._id_at(origin, start - 1, have)
+            bodies = [r[2] for r in self._store.read(origin, start, have)]
+        if len(bodies) > 1 and sum(map(len, bodies)) > self.config.batch_bytes:
+            return None
+        sig = self._sign_own(have - 1, self._head[origin])
+        return wire.encode_notes(origin, start, prev, bodies, sig)
 
     def _announce_to(self, peer: _Peer, origin: bytes) -> None:
         have = self._count.get(origin, 0)
@@ -662,9 +701,12 @@ class Node:
         self._send(peer, hello)
 
     def _send(self, peer: _Peer, msg: wire.Message) -> None:
+        if not peer.closed:
+            self._send_frame(peer, wire.encode(msg))
+
+    def _send_frame(self, peer: _Peer, frame: bytes) -> None:
         if peer.closed:
             return
-        frame = wire.encode(msg)
         self.stats.frames_out += 1
         self.stats.bytes_out += len(frame)
         peer.channel.send(frame)

@@ -1,0 +1,261 @@
+"""Engine benchmark: publish rates, bulk sync, store-open time and memory, beside SQLite's floor.
+
+    python tools/bench_engine.py            # full run: 100,000 and 1,000,000 notes
+    python tools/bench_engine.py --quick    # 10x smaller, for a smoke test
+
+Every figure comes from this one run on this machine:
+  - single publishes into a durable store, alone, and while linked to a peer in another process
+    that receives each note as it is published (over a socketpair);
+  - bulk sync of N notes with 100-byte bodies between two durable nodes over in-process
+    channels (the simulator with zero latency), and SQLite's floor: batch inserts of the same
+    rows into the same schema;
+  - SQLite's one-commit-per-row rate, the floor for single publishes;
+  - store-open time and peak RSS of a process that opens a store and replays every note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import select
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from zflood import Node
+from zflood.identity import SigningKey, note_id
+from zflood.sim import Sim
+from zflood.store import _SCHEMA
+
+BODY = b"x" * 100
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:>12,.0f} /s"
+
+
+# -- a channel over a stream socket, for a peer in another process ------------------------------
+
+
+class StreamChannel:
+    """Length-prefixed frames over a blocking stream socket; the owner pumps receives."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+        self._receive: Callable[[bytes], None] | None = None
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendall(struct.pack(">I", len(frame)) + frame)
+
+    def on_receive(self, callback: Callable[[bytes], None]) -> None:
+        self._receive = callback
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def pump(self, block: bool) -> int:
+        """Deliver every whole frame that has arrived; with `block`, wait for some first."""
+        ready, _, _ = select.select([self.sock], [], [], None if block else 0)
+        if not ready:
+            return 0
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise EOFError
+        self._buf += data
+        n = 0
+        while len(self._buf) >= 4:
+            size = struct.unpack_from(">I", self._buf)[0]
+            if len(self._buf) < 4 + size:
+                break
+            frame, self._buf = self._buf[4 : 4 + size], self._buf[4 + size :]
+            assert self._receive is not None
+            self._receive(frame)
+            n += 1
+        return n
+
+
+def receiver(sock: socket.socket, path: str, want: int, report: multiprocessing.Queue) -> None:
+    node = Node(path=path)
+    ch = StreamChannel(sock)
+    node.connect(ch)
+    while node.count < want:
+        with node.batch():  # one verify and one transaction for what arrived together
+            ch.pump(block=True)
+    report.put(time.perf_counter())
+    node.close()
+
+
+# -- the measurements ------------------------------------------------------------------------
+
+
+def single_publishes(tmp: Path, n: int) -> float:
+    node = Node(path=str(tmp / "alone.db"))
+    start = time.perf_counter()
+    for _ in range(n):
+        node.publish(BODY)
+    seconds = time.perf_counter() - start
+    node.close()
+    return seconds
+
+
+def linked_publishes(tmp: Path, n: int) -> tuple[float, float]:
+    ours, theirs = socket.socketpair()
+    report: multiprocessing.Queue = multiprocessing.Queue()
+    ctx = multiprocessing.get_context("fork")
+    peer = ctx.Process(target=receiver, args=(theirs, str(tmp / "peer.db"), n, report))
+    peer.start()
+    node = Node(path=str(tmp / "linked.db"))
+    ch = StreamChannel(ours)
+    node.connect(ch)
+    while not all(p["ready"] for p in node.peers()):
+        ch.pump(block=True)  # the hello exchange
+    start = time.perf_counter()
+    for i in range(n):
+        node.publish(BODY)
+        if i % 64 == 0:
+            ch.pump(block=False)
+    published = time.perf_counter() - start
+    caught_up = report.get(timeout=600) - start
+    peer.join(timeout=30)
+    node.close()
+    return published, caught_up
+
+
+def commit_per_row(tmp: Path, n: int) -> float:
+    db = sqlite3.connect(tmp / "floor1.db", isolation_level=None)
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")  # as the store does
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    db.execute("INSERT INTO origins (origin) VALUES (?)", (b"o" * 32,))
+    start = time.perf_counter()
+    for i in range(n):
+        db.execute("INSERT INTO notes VALUES (1, ?, ?, ?, NULL, ?)", (i, i, b"i" * 32, BODY))
+    seconds = time.perf_counter() - start
+    db.close()
+    return seconds
+
+
+def sqlite_floor(tmp: Path, n: int) -> float:
+    """Batch inserts of the rows a sync stores (ids and a signature a batch precomputed)."""
+    key = SigningKey()
+    prev = bytes(32)
+    ids = []
+    for i in range(n):
+        prev = note_id(key.public, i, prev, BODY)
+        ids.append(prev)
+    db = sqlite3.connect(tmp / f"floor{n}.db", isolation_level=None)
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    db.execute("INSERT INTO origins (origin) VALUES (?)", (key.public,))
+    seconds = 0.0
+    for i in range(0, n, 1024):
+        rows = [
+            (1, j, j, ids[j], None if (j + 1) % 1024 else b"s" * 64, BODY)
+            for j in range(i, min(i + 1024, n))
+        ]
+        start = time.perf_counter()  # only SQLite's own work is timed
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO notes VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+        seconds += time.perf_counter() - start
+    db.close()
+    return seconds
+
+
+def make_source(path: Path, n: int) -> None:
+    node = Node(path=str(path))
+    for i in range(0, n, 10_000):
+        node.publish_many([BODY] * min(10_000, n - i))
+    node.close()
+
+
+def bulk_sync(tmp: Path, source: Path, n: int) -> float:
+    a = Node(path=str(source))
+    b = Node(path=str(tmp / f"sink{n}.db"))
+    sim = Sim()
+    start = time.perf_counter()
+    sim.connect_nodes(a, b)
+    sim.run_until_quiescent()
+    seconds = time.perf_counter() - start
+    assert b.count == n, (b.count, n)
+    a.close()
+    b.close()
+    return seconds
+
+
+OPEN_AND_REPLAY = """
+import sys, time
+from zflood import Node
+start = time.perf_counter()
+node = Node(path=sys.argv[1])
+opened = time.perf_counter() - start
+count = 0
+def handler(note):
+    global count
+    count += 1
+node.subscribe(handler)
+# VmHWM, not ru_maxrss: the latter survives exec and would report the parent's peak
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(opened, count, hwm.split()[1])
+"""
+
+
+def open_and_replay(path: Path) -> tuple[float, int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN_AND_REPLAY, str(path)], capture_output=True, text=True,
+        check=True, timeout=600,
+    ).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x smaller sizes")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    singles = 20_000 // scale
+    sizes = [100_000 // scale, 1_000_000 // scale]
+    print(f"zflood engine benchmark, Python {sys.version.split()[0]}, SQLite "
+          f"{sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        alone = single_publishes(tmp, singles)
+        floor1 = commit_per_row(tmp, singles)
+        published, caught_up = linked_publishes(tmp, singles)
+        print(f"single publish, durable, alone        {rate(singles, alone)}")
+        print(f"single publish, linked to a peer      {rate(singles, published)}"
+              f"   (peer held all {singles:,} after {caught_up:.2f} s)")
+        print(f"  floor: SQLite, one commit per row   {rate(singles, floor1)}"
+              f"   -> alone at {floor1 / alone:.0%}, linked at {floor1 / published:.0%}")
+        for n in sizes:
+            source = tmp / f"source{n}.db"
+            make_source(source, n)
+            sync = bulk_sync(tmp, source, n)
+            floor = sqlite_floor(tmp, n)
+            print(f"bulk sync {n:>9,} notes               {rate(n, sync)}"
+                  f"   floor: SQLite batch inserts {rate(n, floor)} -> at {floor / sync:.0%}")
+        for n in sizes:
+            opened, count, rss_kib = open_and_replay(tmp / f"sink{n}.db")
+            print(f"open a store of {n:>9,} notes          {opened * 1000:8.1f} ms"
+                  f"   replay all {count:,}: peak RSS {rss_kib / 1024:.0f} MiB")
+        print(f"(this process's peak RSS: "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
