@@ -281,3 +281,23 @@ def test_durable_node_reopens_as_the_same_node(tmp_path: Path) -> None:
     a = Node(path=path)
     assert a.id == ident and a.heads == {ident: 1}
     assert (tmp_path / "n.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_export_then_import_on_another_member(tmp_path: Path) -> None:
+    a, b = Node(), Node()
+    b.publish("from b")
+    sim = Sim()
+    sim.connect_nodes(a, b)
+    with a.batch():
+        for i in range(3000):
+            a.publish(f"n{i}")
+    sim.run_until_quiescent()
+    batches = list(b.export())
+    assert all(len(x.bodies) <= b.config.batch_notes for x in batches)
+    c = Node()
+    assert sum(c.import_notes(x) for x in batches) == 3001
+    assert c.heads == b.heads
+    assert sum(c.import_notes(x) for x in batches) == 0  # again: nothing new
+    bad = batches[0]
+    with pytest.raises(LocalError):
+        Node().import_notes(wire.Notes(bad.origin, 0, bad.prev, ("forged",), bad.sig))

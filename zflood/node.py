@@ -288,6 +288,11 @@ class Node:
                 self._flush()
 
     @property
+    def key(self) -> SigningKey:
+        """The node's signing key; the mesh proves the node's identity with it."""
+        return self._key
+
+    @property
     def heads(self) -> dict[bytes, int]:
         """For every origin held: how many of its notes (the next seqno)."""
         return dict(self._count)
@@ -305,6 +310,32 @@ class Node:
         """Held notes by local arrival index, streamed."""
         self._check_open()
         return self._store.replay(start, end)
+
+    def export(self) -> Iterator[wire.Notes]:
+        """Every held note as signed batches, origin by origin: what `import_notes` takes,
+        here or on another member, and checks exactly as it checks a peer's batches."""
+        self._check_open()
+        for origin, have in list(self._count.items()):
+            pos, prev = 0, GENESIS
+            while pos < have:
+                bodies, sig, last = self._cut(origin, pos, have, have)
+                yield wire.Notes(origin, pos, prev, tuple(bodies), sig)
+                pos += len(bodies)
+                prev = last
+
+    def import_notes(self, batch: wire.Notes) -> int:
+        """Take a batch from an export; returns how many notes were new. A batch that does
+        not check out raises `LocalError`; a fork is recorded as if a peer had sent it."""
+        self._check_open()
+        before = self._store.next_index
+        source = _Peer(_NoChannel())
+        try:
+            with self.batch():
+                self._accept(source, batch.origin, batch.start, batch.prev, batch.bodies,
+                             batch.sig)
+        except RemoteProtocolError as e:
+            raise LocalError(f"bad batch of {_h(batch.origin)} at {batch.start}: {e}") from None
+        return self._store.next_index - before
 
     def peers(self) -> list[dict[str, object]]:
         return [
@@ -760,6 +791,22 @@ class Node:
     def _check_open(self) -> None:
         if self._closed:
             raise NodeClosed("this node is closed")
+
+
+class _NoChannel:
+    """Where an import's batches come from: nothing is ever sent back."""
+
+    def send(self, frame: bytes) -> None:
+        pass
+
+    def on_receive(self, callback: Callable[[bytes], None]) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _unpickle(data: bytes) -> tuple[bytes, bytes, dict[bytes, list[list[object]]]]:
