@@ -4,6 +4,8 @@
 (`zflood run`) carries them over ZeroMQ on a LAN found by Zeroconf.
 """
 
+from typing import Any
+
 from .config import Config
 from .errors import LocalError, NodeClosed, RemoteProtocolError, ZfloodError
 from .node import Channel, Node
@@ -11,6 +13,7 @@ from .store import Fork, Note
 
 __all__ = [
     "Channel",
+    "Client",
     "Config",
     "Fork",
     "LocalError",
@@ -21,3 +24,12 @@ __all__ = [
     "ZfloodError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The client needs zmq; the engine alone must not import it.
+    if name == "Client":
+        from .local import Client
+
+        return Client
+    raise AttributeError(f"module 'zflood' has no attribute {name!r}")

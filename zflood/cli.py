@@ -1,26 +1,310 @@
-"""The `zflood` command."""
+"""The `zflood` command: init, join, run, publish, tail, status, export, import, demo.
+
+Every failure the user can cause ends in one line on stderr and a non-zero exit: 2 for a bad
+argument or join code, 1 for anything else (no daemon, a store in use, a full disk).
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import logging
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from . import __version__
+import cbor2
+
+from . import __version__, wire
+from .errors import BadJoinCode, LocalError, ZfloodError
+
+EXPORT_MAGIC = "zflood-export"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zflood",
+        description="Keep a small group of machines holding the same, ever-growing set of notes.",
+        epilog="The state directory is --state, else $ZFLOOD_STATE, else $STATE_DIRECTORY "
+        "(systemd), else ~/.local/share/zflood.",
+    )
+    p.add_argument("--version", action="version", version=f"zflood {__version__}")
+    p.add_argument("--state", type=Path, metavar="DIR", help="state directory")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="start a new group here; prints its join code last")
+    j = sub.add_parser("join", help="join the group of a join code")
+    j.add_argument("code", help="the code `zflood init` printed on another member")
+
+    r = sub.add_parser("run", help="serve in the foreground (Ctrl-C or SIGTERM stops)")
+    r.add_argument("--listen", metavar="ENDPOINT",
+                   help="ROUTER endpoint for peers (default tcp://0.0.0.0:4077; port 0 picks one)")
+    r.add_argument("--peer", action="append", default=[], metavar="tcp://HOST:PORT",
+                   help="a static peer, for networks without multicast (repeatable)")
+    r.add_argument("--interface", action="append", metavar="NAME|IP",
+                   help="announce and browse on this interface only (repeatable)")
+    r.add_argument("--pub", action="append", default=[], metavar="tcp://127.0.0.1:PORT",
+                   help="also publish delivered notes on this endpoint")
+    r.add_argument("--no-discovery", action="store_true", help="no mDNS: static peers only")
+    r.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+
+    pub = sub.add_parser("publish", help="publish a note (works offline: it waits in the store)")
+    pub.add_argument("text", metavar="TEXT", help="the note, or - to read it from stdin")
+    pub.add_argument("--binary", action="store_true", help="publish stdin as bytes, not text")
+
+    t = sub.add_parser("tail", help="print notes as they arrive")
+    t.add_argument("--all", action="store_true", help="start from the first note held")
+    t.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    s = sub.add_parser("status", help="node, group, peers, heads, counts, endpoints")
+    s.add_argument("--json", action="store_true", help="as JSON")
+
+    e = sub.add_parser("export", help="write every note, signed, to FILE (daemon stopped)")
+    e.add_argument("file", type=Path, metavar="FILE")
+    i = sub.add_parser("import", help="take the notes of an export FILE (daemon stopped)")
+    i.add_argument("file", type=Path, metavar="FILE")
+
+    d = sub.add_parser("demo", help="three real daemons on this machine, told as it happens")
+    d.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="zflood", description="Keep a small group of machines holding the same notes."
-    )
-    parser.add_argument("--version", action="version", version=f"zflood {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("demo", help="simulate three nodes exchanging notes, told as it happens")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import simulated
+    args = _parser().parse_args(argv)
+    from .daemon import ConfigurationError, default_state_dir
 
-        return simulated()
-    return 2
+    state: Path = args.state or default_state_dir()
+    try:
+        return int(COMMANDS[args.command](state, args))
+    except BadJoinCode as e:
+        print(f"zflood: bad join code: {e}", file=sys.stderr)
+        return 2
+    except ConfigurationError as e:
+        print(f"zflood: {e}", file=sys.stderr)
+        return e.exit_status
+    except (ZfloodError, OSError) as e:
+        print(f"zflood: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_init(state: Path, args: argparse.Namespace) -> int:
+    from .daemon import load_group, open_node, save_group
+    from .identity import Group
+
+    if load_group(state) is not None:
+        raise LocalError(f"{state} already belongs to a group (its code: zflood status)")
+    group = Group.new()
+    save_group(state, group)
+    node = open_node(state, group)
+    print(f"node {node.id.hex()} started group {group.id.hex()} in {state}")
+    node.close()
+    print("join the other machines with: zflood join CODE, where CODE is:")
+    print(group.join_code)
+    return 0
+
+
+def cmd_join(state: Path, args: argparse.Namespace) -> int:
+    from .daemon import open_node, save_group
+    from .identity import Group
+
+    group = Group.from_join_code(args.code)
+    save_group(state, group)
+    node = open_node(state, group)
+    print(f"node {node.id.hex()} joined group {group.id.hex()}; now: zflood run")
+    node.close()
+    return 0
+
+
+def cmd_run(state: Path, args: argparse.Namespace) -> int:
+    from .daemon import Options, run
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        # journald stamps lines itself
+        format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    options = Options(peers=args.peer, interfaces=args.interface, pub=args.pub,
+                      discovery=not args.no_discovery)
+    if args.listen:
+        options.listen = args.listen
+    for endpoint in [*args.peer, *args.pub]:
+        if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
+            print(f"zflood: {endpoint!r} is not tcp://HOST:PORT", file=sys.stderr)
+            return 2
+    return run(state, options)
+
+
+def _client(state: Path) -> Any:
+    from .daemon import read_endpoints
+    from .local import Client
+
+    ends = read_endpoints(state)
+    return Client(ends["control"][0], ends["pub"][0])
+
+
+def _daemon_running(state: Path) -> bool:
+    from .daemon import ENDPOINTS
+
+    try:
+        pid = json.loads((state / ENDPOINTS).read_text())["pid"]
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def cmd_publish(state: Path, args: argparse.Namespace) -> int:
+    body: str | bytes
+    if args.text == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            body = raw if args.binary else raw.decode()
+        except UnicodeDecodeError:
+            raise LocalError("stdin is not UTF-8 text; pass --binary to publish bytes") from None
+    else:
+        body = args.text.encode() if args.binary else args.text
+    if _daemon_running(state):
+        with _client(state) as client:
+            note = client.publish(body)
+        print(f"published #{note['seqno']} (index {note['index']})")
+        return 0
+    # No daemon: publish straight into the store; it leaves with the next `zflood run`.
+    node = _offline_node(state)
+    note = node.publish(body)
+    node.close()
+    print(f"published #{note.seqno} offline (index {note.index}); it goes out with zflood run")
+    return 0
+
+
+def _offline_node(state: Path) -> Any:
+    from .daemon import STORE, load_group, open_node
+
+    group = load_group(state)
+    if group is None or not (state / STORE).exists():
+        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+    try:
+        return open_node(state, group)
+    except LocalError as e:
+        raise LocalError(f"{e} (is a zflood daemon using it? stop it first)") from None
+
+
+def cmd_tail(state: Path, args: argparse.Namespace) -> int:
+    with _client(state) as client:
+        start = 0 if args.all else client.status()["notes"]
+        for note in client.follow(start):
+            print(_note_line(note, args.json), flush=True)
+    return 0
+
+
+def _note_line(note: dict[str, Any], as_json: bool) -> str:
+    body = note["body"]
+    if as_json:
+        out = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in note.items()}
+        if isinstance(body, bytes):
+            out["body"] = {"base64": base64.b64encode(body).decode()}
+        return json.dumps(out, ensure_ascii=False)
+    text = body if isinstance(body, str) else f"<{len(body)} bytes>"
+    return f"{note['index']:>6} {note['origin'].hex()[:8]}#{note['seqno']} {text}"
+
+
+def cmd_status(state: Path, args: argparse.Namespace) -> int:
+    if _daemon_running(state):
+        with _client(state) as client:
+            status = dict(client.status(), running=True)
+    else:
+        node = _offline_node(state)
+        status = {
+            "node": node.id.hex(), "group": node.group.hex(), "running": False,
+            "listen": None, "pub": [], "control": [], "peers": [], "notes": node.count,
+            "heads": {o.hex(): c for o, c in node.heads.items()}, "forks": len(node.forks),
+        }
+        node.close()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"node    {status['node']}")
+    print(f"group   {status['group']}")
+    running = status["running"]
+    print(f"daemon  {'running, listening on ' + status['listen'] if running else 'stopped'}")
+    print(f"notes   {status['notes']} from {len(status['heads'])} origins; {status['forks']} forks")
+    for peer in status["peers"]:
+        print(f"peer    {peer['node'][:16] or '?':16} {peer['state']:10} {peer['address']}")
+    return 0
+
+
+def cmd_export(state: Path, args: argparse.Namespace) -> int:
+    node = _offline_node(state)
+    count = 0
+    with open(args.file, "wb") as f:
+        cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
+        for batch in node.export():
+            f.write(wire.encode(batch))
+            count += len(batch.bodies)
+    node.close()
+    print(f"exported {count} notes to {args.file}")
+    return 0
+
+
+def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
+    with open(path, "rb") as f:
+        try:
+            header = cbor2.load(f)
+        except Exception:
+            raise LocalError(f"{path} is not a zflood export") from None
+        if not isinstance(header, dict) or header.get(EXPORT_MAGIC) != 1:
+            raise LocalError(f"{path} is not a zflood export")
+        if header.get("group") != group:
+            raise LocalError(f"{path} comes from another group")
+        while f.peek(1):
+            try:
+                item = cbor2.load(f)
+                msg = wire.decode(cbor2.dumps(item))
+            except EOFError:
+                return
+            except Exception as e:
+                raise LocalError(f"{path} is damaged: {e}") from None
+            if not isinstance(msg, wire.Notes):
+                raise LocalError(f"{path} is damaged: a {type(msg).__name__} among the notes")
+            yield msg
+
+
+def cmd_import(state: Path, args: argparse.Namespace) -> int:
+    node = _offline_node(state)
+    try:
+        new = sum(node.import_notes(batch) for batch in _read_export(args.file, node.group))
+    finally:
+        node.close()
+    print(f"imported {new} new notes from {args.file}")
+    return 0
+
+
+def cmd_demo(state: Path, args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(args.seconds)
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "join": cmd_join,
+    "run": cmd_run,
+    "publish": cmd_publish,
+    "tail": cmd_tail,
+    "status": cmd_status,
+    "export": cmd_export,
+    "import": cmd_import,
+    "demo": cmd_demo,
+}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,400 @@
+"""Discovery over real Zeroconf, on loopback only.
+
+Multicast on loopback works here as is (no `ip link set lo multicast on`, no route): python-
+zeroconf bound to 127.0.0.1 sends to 224.0.0.251 through lo and hears itself and others. So the
+in-process tests run on 127.0.0.1 in this namespace and change nothing in it. Tests that need
+other processes (another Discovery, avahi) run them in a network namespace they create (only
+lo, up) and delete; they skip, saying why, where namespaces cannot be made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from zeroconf import ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+from zflood.discovery import (
+    SERVICE_TYPE,
+    Discovery,
+    best_address,
+    host_addresses,
+    instance_label,
+)
+from zflood.errors import LocalError
+
+WAIT = 5.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(main: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
+    """Bound the test; fail it if a task, a thread or a file descriptor outlives it."""
+
+    async def guarded() -> None:
+        await asyncio.wait_for(main(), timeout)
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not left, f"tasks left running: {left}"
+
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    asyncio.run(guarded())
+    assert threading.active_count() == threads, "a thread outlived the test"
+    assert len(os.listdir("/proc/self/fd")) == fds, "a socket or file was left open"
+
+
+class Seen:
+    """A Discovery on 127.0.0.1 with what it reported, as awaitable queues."""
+
+    def __init__(self, group: bytes, port: int) -> None:
+        self.node = os.urandom(32)
+        self.port = port
+        self.found: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+        self.lost: asyncio.Queue[bytes] = asyncio.Queue()
+        self.discovery = Discovery(
+            self.node, group, port, interfaces=["127.0.0.1"],
+            on_found=lambda node, endpoint: self.found.put_nowait((node, endpoint)),
+            on_lost=self.lost.put_nowait,
+        )
+
+    async def next_found(self) -> tuple[bytes, str]:
+        return await asyncio.wait_for(self.found.get(), WAIT)
+
+
+@contextlib.asynccontextmanager
+async def discoveries(*specs: tuple[bytes, int]) -> AsyncIterator[list[Seen]]:
+    seen = [Seen(group, port) for group, port in specs]
+    try:
+        for s in seen:
+            await s.discovery.start()
+        yield seen
+    finally:
+        for s in seen:
+            await s.discovery.close()
+
+
+class LogWatch(logging.Handler):
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.seen = asyncio.Event()
+        self.logger = logging.getLogger("zflood.discovery")
+
+    def __enter__(self) -> LogWatch:
+        self.old_level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.old_level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.seen.set()
+
+
+# -- in-process, on 127.0.0.1 ------------------------------------------------------------------
+
+
+def test_two_members_find_each_other_within_two_seconds() -> None:
+    async def main() -> None:
+        group = os.urandom(16)
+        t0 = time.monotonic()
+        async with discoveries((group, 7001), (group, 7002)) as (a, b):
+            assert await a.next_found() == (b.node, "tcp://127.0.0.1:7002")
+            assert await b.next_found() == (a.node, "tcp://127.0.0.1:7001")
+            elapsed = time.monotonic() - t0
+            print(f"start of the first to both on_found: {1000 * elapsed:.1f} ms")
+            assert elapsed < 2.0
+
+    run(main)
+
+
+def test_other_group_and_ourselves_are_ignored() -> None:
+    async def main() -> None:
+        ours, theirs = os.urandom(16), os.urandom(16)
+        specs = [(ours, 7011), (theirs, 7012), (theirs, 7013), (ours, 7014)]
+        async with discoveries(*specs) as (a, x, y, b):
+            # x and y finding each other shows their records were out there for a to see.
+            assert (await x.next_found())[0] == y.node
+            assert (await y.next_found())[0] == x.node
+            assert (await a.next_found())[0] == b.node
+            assert (await b.next_found())[0] == a.node
+        assert a.found.empty() and b.found.empty() and x.found.empty() and y.found.empty()
+
+    run(main)
+
+
+def test_close_sends_a_goodbye_seen_as_lost() -> None:
+    async def main() -> None:
+        group = os.urandom(16)
+        async with discoveries((group, 7021)) as (a,):
+            async with discoveries((group, 7022)) as (b,):
+                await a.next_found()
+                t0 = time.monotonic()
+            assert await asyncio.wait_for(a.lost.get(), WAIT) == b.node
+            print(f"close() to on_lost: {1000 * (time.monotonic() - t0):.1f} ms")
+
+    run(main)
+
+
+def test_malformed_or_foreign_records_are_ignored() -> None:
+    async def main() -> None:
+        group = os.urandom(16)
+        bad = [
+            {"v": "1", "g": group.hex(), "n": "not hex"},
+            {"v": "1", "g": group.hex(), "n": "ab" * 31},
+            {"v": "2", "g": group.hex(), "n": os.urandom(32).hex()},
+            {"g": group.hex(), "n": os.urandom(32).hex()},
+        ]
+        zc = AsyncZeroconf(interfaces=["127.0.0.1"])
+        infos = [
+            ServiceInfo(SERVICE_TYPE, f"bad{i}.{SERVICE_TYPE}", port=7030 + i, properties=p,
+                        server=f"bad{i}.local.", parsed_addresses=["127.0.0.1"])
+            for i, p in enumerate(bad)
+        ]
+        try:
+            for info in infos:
+                await zc.async_register_service(info, cooperating_responders=True)
+            with LogWatch("malformed") as malformed:
+                async with discoveries((group, 7039)) as (a,):
+                    await asyncio.wait_for(malformed.seen.wait(), WAIT)
+                    good = Seen(group, 7038)
+                    await good.discovery.start()
+                    try:
+                        assert await a.next_found() == (good.node, "tcp://127.0.0.1:7038")
+                    finally:
+                        await good.discovery.close()
+            assert a.found.empty()
+        finally:
+            await zc.async_close()
+
+    run(main)
+
+
+def test_interface_names_and_addresses_resolve() -> None:
+    assert host_addresses(["lo"]) == ["127.0.0.1"]
+    assert host_addresses(["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
+    assert host_addresses(None)  # something, at least loopback
+    with pytest.raises(LocalError):
+        host_addresses(["no-such-if0"])
+
+
+def test_best_address_skips_our_own_and_prefers_our_subnet() -> None:
+    ours = ["192.168.1.7", "172.17.0.1"]
+    assert best_address(["172.17.0.1", "10.0.0.3", "192.168.1.20"], ours) == "192.168.1.20"
+    assert best_address(["127.0.0.1"], ["127.0.0.1"]) == "127.0.0.1"  # same host
+    assert best_address([], ours) is None
+
+
+def test_instance_label_is_a_dns_label_holding_the_node_id() -> None:
+    label = instance_label(bytes(range(32)))
+    assert len(label) <= 63 and label.isascii() and label == label.lower()
+    assert instance_label(bytes(32)) != instance_label(bytes(31) + b"\x01")
+
+
+# -- other processes, in a network namespace ---------------------------------------------------
+
+_AGENT = """
+import asyncio, sys, time
+from zflood.discovery import Discovery
+async def main():
+    node, group, port = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+    say = lambda *a: print(*a, flush=True)
+    d = Discovery(node, group, port, interfaces=["127.0.0.1"],
+                  on_found=lambda n, e: say("found", n.hex(), e),
+                  on_lost=lambda n: say("lost", n.hex()))
+    t0 = time.monotonic()
+    await d.start()
+    say("ready", f"{1000 * (time.monotonic() - t0):.2f}")
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await d.close()
+    say("closed")
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace with only lo, up; deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (ip) is not installed")
+    name = f"zft-{os.urandom(4).hex()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"cannot make a network namespace: {made.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+class Proc:
+    """A process inside the namespace; its output read line by line, each read bounded."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stream: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.stream = stream
+
+    @classmethod
+    async def start(cls, ns: str, *argv: str, stderr: bool = False,
+                    env: dict[str, str] | None = None) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, *argv,  # ip execs argv: the pid is argv's own
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr else None,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+        stream = proc.stderr if stderr else proc.stdout
+        assert stream is not None
+        return cls(proc, stream)
+
+    async def line_with(self, *words: str) -> str:
+        while True:
+            line = (await asyncio.wait_for(self.stream.readline(), WAIT)).decode()
+            assert line, f"{self.proc.pid} ended before saying {words}"
+            if all(w in line for w in words):
+                return line.strip()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), WAIT)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def agent(ns: str, node: bytes, group: bytes, port: int) -> Proc:
+    p = await Proc.start(ns, sys.executable, "-c", _AGENT, node.hex(), group.hex(), str(port))
+    await p.line_with("ready")
+    return p
+
+
+async def close_agent(p: Proc) -> None:
+    assert p.proc.stdin is not None
+    p.proc.stdin.write(b"close\n")
+    await p.line_with("closed")
+    await p.stop()
+
+
+def test_discovery_across_processes_in_a_namespace(netns: str) -> None:
+    async def main() -> None:
+        group, na, nb = os.urandom(16), os.urandom(32), os.urandom(32)
+        a = await agent(netns, na, group, 7101)
+        b = None
+        try:
+            t0 = time.monotonic()
+            b = await agent(netns, nb, group, 7102)
+            await a.line_with("found", nb.hex(), "tcp://127.0.0.1:7102")
+            await b.line_with("found", na.hex(), "tcp://127.0.0.1:7101")
+            print(f"process start to found, both ways: {1000 * (time.monotonic() - t0):.0f} ms")
+            await close_agent(b)
+            await a.line_with("lost", nb.hex())
+            await close_agent(a)
+        finally:
+            for p in (a, b):
+                if p is not None:
+                    await p.stop()
+
+    run(main)
+
+
+_DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={bus}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+_AVAHI_CONF = """[server]
+use-ipv6=no
+allow-interfaces=lo
+[publish]
+publish-hinfo=no
+publish-workstation=no
+"""
+
+
+@contextlib.asynccontextmanager
+async def avahi(ns: str) -> AsyncIterator[dict[str, str]]:
+    """avahi-daemon in `ns`, on a private system bus; yields the env its clients need.
+
+    It needs a D-Bus system bus (avahi-browse talks to the daemon over it): a private
+    dbus-daemon on a socket in a temp dir, named by DBUS_SYSTEM_BUS_ADDRESS. And a /run of its
+    own (a tmpfs mounted in the mount namespace `ip netns exec` makes), so its pid file does
+    not collide with another avahi-daemon. It drops root as usual; --no-chroot spares the
+    chroot helper it would fork, which outlives a stopped daemon as a zombie where nothing
+    reaps orphans.
+    """
+    for tool in ("avahi-daemon", "avahi-browse", "avahi-publish", "dbus-daemon"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install avahi-daemon avahi-utils)")
+    with tempfile.TemporaryDirectory(prefix="zft-avahi-") as tmp:
+        os.chmod(tmp, 0o755)  # avahi-daemon, no longer root, must reach the bus socket
+        bus = f"{tmp}/bus"
+        Path(f"{tmp}/dbus.conf").write_text(_DBUS_CONF.format(bus=bus))
+        Path(f"{tmp}/avahi.conf").write_text(_AVAHI_CONF)
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={bus}"}
+        dbus = await Proc.start(ns, "dbus-daemon", f"--config-file={tmp}/dbus.conf", "--nofork",
+                                "--nopidfile", "--print-address")
+        daemon = None
+        try:
+            await dbus.line_with("unix:path=")
+            conf = f"{tmp}/avahi.conf"
+            run_avahi = f"mount -t tmpfs tmpfs /run && exec avahi-daemon --no-chroot -f {conf}"
+            daemon = await Proc.start(ns, "sh", "-c", run_avahi, stderr=True, env=env)
+            await daemon.line_with("Server startup complete")
+            yield env
+        finally:
+            for p in (daemon, dbus):
+                if p is not None:
+                    await p.stop()
+
+
+def test_avahi_sees_our_service_and_its_goodbye_and_we_see_avahis(netns: str) -> None:
+    async def main() -> None:
+        group, node = os.urandom(16), os.urandom(32)
+        async with avahi(netns) as env:
+            browse = await Proc.start(netns, "avahi-browse", "-rp", "_zflood._tcp", env=env)
+            us = publish = None
+            try:
+                us = await agent(netns, node, group, 7201)
+                line = await browse.line_with("=", instance_label(node))
+                print(line)
+                assert "127.0.0.1;7201;" in line and f'"g={group.hex()}"' in line
+                assert f'"n={node.hex()}"' in line and '"v=1"' in line
+                other = os.urandom(32)
+                publish = await Proc.start(
+                    netns, "avahi-publish", "-s", "from-avahi", "_zflood._tcp", "7202",
+                    "v=1", f"g={group.hex()}", f"n={other.hex()}", env=env,
+                )
+                await us.line_with("found", other.hex(), ":7202")
+                await close_agent(us)
+                await browse.line_with("-", instance_label(node))
+            finally:
+                for p in (publish, us, browse):
+                    if p is not None:
+                        await p.stop()
+
+    run(main)
