@@ -239,6 +239,8 @@ class Daemon:
         while not self._stop.is_set():
             now = loop.time()
             self.node.tick(now)
+            assert self.local is not None
+            self.local.refresh()
             if feed is not None and now >= next_feed:
                 sd_notify("WATCHDOG=1")
                 next_feed = now + feed

@@ -51,6 +51,9 @@ from .wire import body_size
 log = logging.getLogger("zflood.local")
 
 TOPIC = b"note"
+# plain ints: enum arithmetic costs more than the send itself
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: Notes queued towards one PUB subscriber before ZeroMQ drops (readers repair from the store).
 PUB_SNDHWM = 10_000
 #: A SUB in `Client.follow` buffers this many; it reads the store for whatever PUB dropped.
@@ -113,8 +116,10 @@ class LocalAPI:
         self._pub_sync: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
         self._pub_bound: list[str] = []
+        self._topics: set[bytes] = set()  # what subscribers asked for; empty: nobody listens
         self._control_bound: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
 
@@ -122,9 +127,11 @@ class LocalAPI:
         """Bind both sockets, subscribe to the node and start serving requests."""
         if self._pub is not None or self._closed:
             raise LocalError("this LocalAPI was started already")
-        pub = self._pub = self._ctx.socket(zmq.PUB)
-        # PUB is used only from the node's handler, a plain function: a synchronous shadow
-        # whose sends never block (PUB drops instead) needs no future per note.
+        # An XPUB is a PUB to every SUB, and it also tells us what they subscribed to: with
+        # nobody listening (the usual case, and every bulk sync) a note costs nothing here.
+        pub = self._pub = self._ctx.socket(zmq.XPUB)
+        # It is used only from the node's handler, a plain function: a synchronous shadow
+        # whose sends never block (XPUB drops instead) needs no future per note.
         self._pub_sync = zmq.Socket.shadow(pub.underlying)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
@@ -143,6 +150,7 @@ class LocalAPI:
             await self.close()
             raise
         self._task = asyncio.create_task(self._serve(control), name="zflood-local-control")
+        self._watcher = asyncio.create_task(self._watch_subscriptions(pub), name="zflood-xpub")
 
     @property
     def pub_endpoints(self) -> list[str]:
@@ -158,11 +166,12 @@ class LocalAPI:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
         for sock in (self._pub, self._control):
             if sock is not None:
                 sock.close(linger=0)
@@ -176,12 +185,36 @@ class LocalAPI:
 
     # -- PUB -----------------------------------------------------------------------------------
     def _on_note(self, note: Note) -> None:
-        if self._pub_sync is None:
+        pub = self._pub_sync
+        if pub is None or not self._topics:
             return
         try:
-            self._pub_sync.send_multipart([TOPIC, cbor2.dumps(note_map(note))], zmq.NOBLOCK)
+            pub.send(TOPIC, _SNDMORE_NOBLOCK)
+            pub.send(cbor2.dumps(note_map(note)), _NOBLOCK)
         except zmq.ZMQError as e:  # a lost PUB message is repaired by readers
             log.debug("note %d not sent on PUB: %s", note.index, e)
+
+    def _subscription(self, msg: bytes) -> None:
+        """XPUB passes a topic's first subscription (b"\x01" + topic) and, when its last
+        subscriber leaves, its unsubscription (b"\x00" + topic)."""
+        if msg[:1] == b"\x01":
+            self._topics.add(msg[1:])
+        elif msg[:1] == b"\x00":
+            self._topics.discard(msg[1:])
+
+    async def _watch_subscriptions(self, pub: zmq.asyncio.Socket) -> None:
+        while True:
+            self._subscription(await pub.recv())
+
+    def refresh(self) -> None:
+        """Take in subscription changes now. Sends through the synchronous shadow can take
+        the wake-up the watcher waits for; the daemon calls this from its timer."""
+        pub = self._pub_sync
+        while pub is not None:
+            try:
+                self._subscription(pub.recv(_NOBLOCK))
+            except zmq.Again:
+                return
 
     # -- control -------------------------------------------------------------------------------
     async def _serve(self, control: zmq.asyncio.Socket) -> None:
