@@ -301,3 +301,25 @@ def test_export_then_import_on_another_member(tmp_path: Path) -> None:
     bad = batches[0]
     with pytest.raises(LocalError):
         Node().import_notes(wire.Notes(bad.origin, 0, bad.prev, ("forged",), bad.sig))
+
+
+def test_a_request_sent_before_the_peer_got_our_hello_is_asked_again_at_once() -> None:
+    """The link came up on b's side first: b's hello was lost, a's arrived, b asked a for
+    notes. a drops the request (it has no hello from b) but says hello again, unseen; b
+    answers with its hello and asks again. No timer is involved."""
+    a, b = Node(), Node()
+    a.publish("waiting")
+    ca, cb = ManualChannel(), ManualChannel()
+    a.connect(ca)
+    b.connect(cb)  # b's hello (cb.sent[0]) is lost
+    cb.feed(ca.sent[0])  # a's hello reaches b: b asks for a's note
+    assert any(isinstance(m, wire.Want) for m in cb.messages())
+    delivered = [0, 0]
+    for _ in range(10):  # pump both ways, skipping b's lost hello
+        for frame in cb.sent[max(delivered[1], 1):]:
+            ca.feed(frame)
+        delivered[1] = len(cb.sent)
+        for frame in ca.sent[max(delivered[0], 1):]:
+            cb.feed(frame)
+        delivered[0] = len(ca.sent)
+    assert b.heads == a.heads

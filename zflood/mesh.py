@@ -298,6 +298,13 @@ class Mesh:
         dealer: _Socket = zmq.Socket(self._ctx, zmq.DEALER)
         dealer.linger = 0
         dealer.sndhwm = dealer.rcvhwm = self._config.send_hwm
+        # After a partition the kernel would retry a stalled connection with exponential
+        # backoff (22 s and more between tries after a 30 s outage), and the link would heal
+        # only then. Give up on unacknowledged data after peer_timeout instead: ZeroMQ then
+        # dials afresh every 100 ms and the link is back as soon as the network is. A dial
+        # into a partition is likewise given up after a heartbeat, not after SYN backoff.
+        dealer.setsockopt(zmq.TCP_MAXRT, int(self._config.peer_timeout * 1000))
+        dealer.setsockopt(zmq.CONNECT_TIMEOUT, int(self._config.heartbeat * 1000))
         dealer.routing_id = routing_id
         secret = self._key.curve_secret()
         dealer.curve_secretkey = z85.encode(secret)

@@ -79,6 +79,7 @@ class _Peer:
     ready: bool = False  # its hello arrived
     acked: bool = False  # it has seen our hello
     closed: bool = False
+    prompted: bool = False  # we asked it to resend its hello
     heads: dict[bytes, int] = field(default_factory=dict)  # what we know it holds
     announced: dict[bytes, int] = field(default_factory=dict)  # what we told it we hold
     links: frozenset[bytes] = frozenset()  # origins it is linked to directly
@@ -368,7 +369,12 @@ class Node:
             self._on_hello(peer, msg)
             return
         if not peer.ready:
-            return  # its hello was lost; our tick resends ours and it answers with its own
+            # Its hello was lost (a link that came up on its side first, say), so this frame
+            # goes unanswered. Our hello, unseen by it, makes it send its own again and re-ask.
+            if not peer.prompted:
+                peer.prompted = True
+                self._send_hello(peer)
+            return
         peer.acked = True  # it only sends this after reading our hello
         if isinstance(msg, wire.Notes):
             self._on_notes(peer, msg)
@@ -399,7 +405,13 @@ class Node:
         if msg.seen:
             peer.acked = True
         elif not first:
-            self._send_hello(peer)  # it repeats because it has not got ours
+            # It has not got our hello, so it dropped what we sent since: say hello again and
+            # ask again what we asked of it.
+            self._send_hello(peer)
+            for origin, req in list(self._requests.items()):
+                if req.peer is peer:
+                    del self._requests[origin]
+                    self._plan(origin)
         self._learn(peer, msg.heads)
         self._compare_tips(peer, msg)
         if first:
