@@ -204,6 +204,23 @@ def test_other_group_and_self_connections_are_refused() -> None:
     assert ch2.closed
 
 
+def test_a_hello_naming_another_node_than_the_channel_vouches_for_is_refused() -> None:
+    """A transport that authenticated the peer (the mesh's CurveZMQ links) says who it is in
+    `channel.node`; a member must not pass itself off as another in its hello."""
+    node = Node(group=b"g" * 16)
+    real, claimed = SigningKey().public, SigningKey().public
+    ch = ManualChannel()
+    ch.node = real  # type: ignore[attr-defined]
+    node.connect(ch)
+    ch.feed(wire.encode(wire.Hello(wire.VERSION, b"g" * 16, claimed, {}, {}, (), False)))
+    assert ch.closed
+    honest = ManualChannel()
+    honest.node = real  # type: ignore[attr-defined]
+    node.connect(honest)
+    honest.feed(wire.encode(wire.Hello(wire.VERSION, b"g" * 16, real, {}, {}, (), False)))
+    assert not honest.closed
+
+
 def test_a_restored_backup_that_publishes_again_is_a_fork(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     a = Node(path=str(path))

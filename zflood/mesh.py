@@ -9,7 +9,8 @@ can complete a handshake, read or inject. Every DEALER is a CURVE client holding
 own X25519 key (derived from its Ed25519 id). Our ZAP handler admits CURVE clients in our
 domain only and returns the client key as User-Id, so a peer's identity comes from the
 authenticated handshake: a HI naming node N counts only if N's X25519 key is that User-Id,
-and every later message must carry the same User-Id. Routing ids are only hints.
+and every other message is taken as from the peer whose key its User-Id is. Routing ids play
+no part: a member that took another's routing id (ROUTER_HANDOVER hands it over) gains nothing.
 
 Liveness. HI (node id, our ROUTER port, session nonce, "hears you") is the heartbeat; it goes
 out every `heartbeat` on every DEALER, and at once when our "hears" for that peer flips. A
@@ -20,9 +21,9 @@ trusts mDNS: a link exists only while HIs arrive. A DEALER stays while the peer 
 (`dial` with a node id) or while we hear it; ZeroMQ's own reconnect does the redialling.
 
 Static peers (`dial` without a node id) get a "knocker": a DEALER with a random routing id
-that sends HIs which the receiver takes as presence but not as "hears". They make the peer
-dial us back; the knocker's own id keeps it from colliding (ROUTER_HANDOVER) with our proper
-DEALER to that peer, which uses our node id and is made from the peer's HI.
+that sends HIs marked KNOCK, which the receiver takes as presence but not as "hears". They make
+the peer dial us back; the knocker's own id keeps it from colliding (ROUTER_HANDOVER) with our
+proper DEALER to that peer, which uses our node id and is made from the peer's HI.
 
 One Mesh per zmq context: the ZAP handler is the context's, and it refuses any other socket
 of that context that asks it (one with a ZAP domain set).
@@ -53,7 +54,8 @@ from .identity import Group, SigningKey, ed25519_to_x25519_public, x25519_public
 log = logging.getLogger("zflood.mesh")
 
 HI, DATA, BYE = b"H", b"D", b"B"
-_HI = struct.Struct("!32sH16sB")  # node id, ROUTER port, session nonce, hears (0 or 1)
+_HI = struct.Struct("!32sH16sB")  # node id, ROUTER port, session nonce, hears
+NOT_HEARING, HEARING, KNOCK = 0, 1, 2  # the "hears" byte; KNOCK: a knocker's, says nothing
 ZAP_DOMAIN = b"zflood"
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # A BYE must get out on close, but a dead peer must not hold up the context's term().
@@ -145,7 +147,8 @@ class _Peer:
     dealer: _Socket | None = None
     address: str = ""
     announced: bool = False  # dial() named it: keep dialling until forget()
-    heard_at: float | None = None  # last HI (or DATA on a link); None: we don't hear it
+    heard_at: float | None = None  # last HI of its DEALER (or DATA); None: we don't hear it
+    knocked_at: float = 0.0  # last HI of its knocker (a static peer's presence)
     nonce: bytes | None = None
     they_hear: bool = False
     heard_us_at: float = 0.0  # last HI saying it hears us, or when we last (re)dialled it
@@ -176,6 +179,7 @@ class Mesh:
         self._on_link = on_link
         self._nonce = os.urandom(16)  # tells peers this incarnation from the previous one
         self._peers: dict[bytes, _Peer] = {}
+        self._by_user: dict[str, _Peer] = {}  # the same peers by the CURVE key they must show
         self._knockers: dict[str, tuple[bytes, _Socket]] = {}  # endpoint -> (routing id, dealer)
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
@@ -236,7 +240,7 @@ class Mesh:
                 dealer = self._dealer(routing_id, endpoint)
                 if dealer is not None:
                     self._knockers[endpoint] = (routing_id, dealer)
-                    self._send_hi(dealer, hears=False)
+                    self._send_hi(dealer, KNOCK)
             return
         if len(node) != 32:
             raise LocalError("a node id is 32 bytes")
@@ -284,6 +288,7 @@ class Mesh:
                 peer.dealer.close(linger=_BYE_LINGER_MS)
                 peer.dealer = None
         self._peers.clear()
+        self._by_user.clear()
         for _, dealer in self._knockers.values():
             dealer.close(linger=0)
         self._knockers.clear()
@@ -340,14 +345,14 @@ class Mesh:
             with contextlib.suppress(zmq.Again):  # full queue: drop, the engine recovers
                 peer.dealer.send_multipart(message, zmq.NOBLOCK)
 
-    def _send_hi(self, dealer: _Socket, *, hears: bool) -> None:
+    def _send_hi(self, dealer: _Socket, hears: int) -> None:
         hi = _HI.pack(self.node, self._port, self._nonce, hears)
         with contextlib.suppress(zmq.Again):
             dealer.send_multipart([HI, hi], zmq.NOBLOCK)
 
     def _send_hi_to(self, peer: _Peer) -> None:
         if peer.dealer is not None:
-            self._send_hi(peer.dealer, hears=peer.heard_at is not None)
+            self._send_hi(peer.dealer, HEARING if peer.heard_at is not None else NOT_HEARING)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -408,13 +413,15 @@ class Mesh:
         peer = self._peers.get(node)
         if peer is None:
             peer = self._peers[node] = _Peer(node, ed25519_to_x25519_public(node).hex())
+            self._by_user[peer.user_id] = peer
         return peer
 
-    def _remove(self, peer: _Peer) -> None:
+    def _remove(self, peer: _Peer, linger: int = 0) -> None:
         if peer.dealer is not None:
-            peer.dealer.close(linger=0)
+            peer.dealer.close(linger=linger)
             peer.dealer = None
         self._peers.pop(peer.node, None)
+        self._by_user.pop(peer.user_id, None)
 
     def _dispatch(self, frames: list[zmq.Frame], now: float) -> None:
         routing_id = frames[0].bytes
@@ -428,11 +435,11 @@ class Mesh:
         kind = frames[1].bytes
         if kind == HI and len(frames) == 3 and len(frames[2]) == _HI.size:
             node, port, nonce, hears = _HI.unpack(frames[2].bytes)
-            if hears <= 1 and port:
-                self._on_hi(routing_id, user_id, peer_ip, node, port, nonce, bool(hears), now)
+            if hears <= KNOCK and port:
+                self._on_hi(routing_id, user_id, peer_ip, node, port, nonce, hears, now)
                 return
-        peer = self._peers.get(routing_id)
-        if peer is None or user_id != peer.user_id:
+        peer = self._by_user.get(user_id)
+        if peer is None:
             log.debug("dropped a message from unknown %s at %s", user_id[:12], peer_ip)
         elif kind == DATA and len(frames) == 3:
             if peer.link is not None:
@@ -452,7 +459,7 @@ class Mesh:
         node: bytes,
         port: int,
         nonce: bytes,
-        hears: bool,
+        hears: int,
         now: float,
     ) -> None:
         peer = self._peers.get(node)
@@ -465,15 +472,24 @@ class Mesh:
             return
         peer = self._peer(node)
         restarted = peer.nonce is not None and peer.nonce != nonce
+        heard_us = peer.they_hear and not restarted
         if restarted:
             self._drop_link(peer, "peer restarted", bye=False, now=now)
         peer.nonce = nonce
+        peer.seen_at = _endpoint(peer_ip, port)
+        if hears == KNOCK:
+            # Presence only: it asks us to dial it. We hear a peer only through HIs from its
+            # own DEALER, so a DEALER of its that went deaf (its routing id handed over to
+            # another connection, say) shows as silence, not hidden behind the knocks.
+            peer.knocked_at = now
+            if peer.dealer is None:
+                self._connect(peer, peer.seen_at, now)
+            elif restarted:
+                self._send_hi_to(peer)
+            return
         hears_changed = restarted or peer.heard_at is None  # restarted: it needs our HI now
         peer.heard_at = now
-        peer.seen_at = _endpoint(peer_ip, port)
-        if routing_id != node:
-            pass  # a knocker's HI: presence, but it says nothing about hearing us
-        elif hears:
+        if hears == HEARING:
             peer.they_hear = True
             peer.heard_us_at = now
         else:
@@ -482,6 +498,11 @@ class Mesh:
             self._connect(peer, _endpoint(peer_ip, port), now)
         elif _port_of(peer.address) != port:
             self._connect(peer, peer.address.rpartition(":")[0] + f":{port}", now)
+        elif heard_us and hears == NOT_HEARING:
+            # It heard us, now it does not, yet we hear it: our connection may be the deaf
+            # one. A fresh one takes our routing id back (ROUTER_HANDOVER) at once.
+            log.info("%s stopped hearing us: redialling it", _short(peer.node))
+            self._connect(peer, peer.seen_at or peer.address, now)
         elif hears_changed:
             self._send_hi_to(peer)
         self._maybe_link(peer, now)
@@ -530,14 +551,16 @@ class Mesh:
         """We no longer hear the peer (timeout or BYE)."""
         self._drop_link(peer, reason, bye=False, now=now)
         peer.heard_at = None
-        if peer.announced:
-            self._send_hi_to(peer)  # our "hears" flipped
-        else:
-            self._remove(peer)  # it dialled us; it will dial again if it comes back
+        self._send_hi_to(peer)  # our "hears" flipped: if it hears us, it redials
+        if not peer.announced:
+            self._remove(peer, _BYE_LINGER_MS)  # it dialled us; it will again if it comes back
 
     def _tick(self, now: float) -> None:
         timeout = self._config.peer_timeout
         for peer in list(self._peers.values()):
+            if peer.heard_at is None and not peer.announced and now - peer.knocked_at > timeout:
+                self._remove(peer)  # knocked, never dialled us properly, and knocks no more
+                continue
             if peer.heard_at is not None and now - peer.heard_at > timeout:
                 self._lost(peer, f"silent for {now - peer.heard_at:.1f}s", now)
                 continue
@@ -554,4 +577,4 @@ class Mesh:
             for peer in self._peers.values():
                 self._send_hi_to(peer)
             for _, dealer in self._knockers.values():
-                self._send_hi(dealer, hears=False)
+                self._send_hi(dealer, KNOCK)

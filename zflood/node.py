@@ -55,6 +55,13 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+def _authenticated(channel: Channel) -> bytes | None:
+    """A channel may carry `node`, the peer's id as its transport authenticated it (the mesh's
+    CurveZMQ links do); then a hello naming any other node closes the channel."""
+    node = getattr(channel, "node", None)
+    return node if isinstance(node, bytes) else None
+
+
 @dataclass
 class Stats:
     """Counters a test or `status` can read; they never drive behaviour."""
@@ -76,6 +83,7 @@ class Stats:
 class _Peer:
     channel: Channel
     node: bytes | None = None  # from its hello
+    authenticated: bytes | None = None  # what the channel vouches for, if it can
     ready: bool = False  # its hello arrived
     acked: bool = False  # it has seen our hello
     closed: bool = False
@@ -217,7 +225,8 @@ class Node:
     def connect(self, channel: Channel) -> None:
         """Start replicating over `channel`."""
         self._check_open()
-        peer = _Peer(channel, hello_at=self._now, sync_at=self._now)
+        peer = _Peer(channel, authenticated=_authenticated(channel), hello_at=self._now,
+                     sync_at=self._now)
         self._peers.append(peer)
         self._send_hello(peer)
         channel.on_close(lambda: self._on_close(peer))
@@ -396,6 +405,10 @@ class Node:
             raise RemoteProtocolError("peer belongs to another group")
         if msg.node == self.id:
             raise RemoteProtocolError("connected to ourselves")
+        if peer.authenticated is not None and peer.authenticated != msg.node:
+            raise RemoteProtocolError(
+                f"its hello names node {_h(msg.node)}, the link is {_h(peer.authenticated)}"
+            )
         if peer.node is not None and peer.node != msg.node:
             raise RemoteProtocolError("peer changed its node id")
         first = not peer.ready
