@@ -21,7 +21,12 @@ import cbor2
 from . import __version__, wire
 from .errors import BadJoinCode, LocalError, ZfloodError
 
+
+class BadArgument(LocalError):
+    """A command-line value that cannot work: exit 2, like argparse's own errors."""
+
 EXPORT_MAGIC = "zflood-export"
+EXPORT_END = "zflood-export-end"  # the last item, with the count: a cut-off copy shows
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadJoinCode as e:
         print(f"zflood: bad join code: {e}", file=sys.stderr)
         return 2
+    except BadArgument as e:
+        print(f"zflood: {e}", file=sys.stderr)
+        return 2
     except ConfigurationError as e:
         print(f"zflood: {e}", file=sys.stderr)
         return e.exit_status
@@ -100,31 +108,39 @@ def cmd_init(state: Path, args: argparse.Namespace) -> int:
     from .identity import Group
 
     if load_group(state) is not None:
-        raise LocalError(f"{state} already belongs to a group (its code: zflood status)")
+        raise LocalError(f"{state} already belongs to a group (its join code: zflood status)")
     group = Group.new()
-    save_group(state, group)
+    # The store first: if it belongs to another group (its group.key lost), nothing changes.
     node = open_node(state, group)
+    try:
+        save_group(state, group)
+    finally:
+        node.close()
     print(f"node {node.id.hex()} started group {group.id.hex()} in {state}")
-    node.close()
     print("join the other machines with: zflood join CODE, where CODE is:")
     print(group.join_code)
     return 0
 
 
 def cmd_join(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import open_node, save_group
+    from .daemon import check_group, save_group
     from .identity import Group
 
     group = Group.from_join_code(args.code)
-    save_group(state, group)
-    node = open_node(state, group)
+    check_group(state, group)
+    # The store first: if it belongs to another group (its group.key lost), nothing changes.
+    node = _open(state, group)
+    try:
+        save_group(state, group)
+    finally:
+        node.close()
     print(f"node {node.id.hex()} joined group {group.id.hex()}; now: zflood run")
-    node.close()
     return 0
 
 
 def cmd_run(state: Path, args: argparse.Namespace) -> int:
     from .daemon import Options, run
+    from .mesh import tcp_port
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -133,14 +149,17 @@ def cmd_run(state: Path, args: argparse.Namespace) -> int:
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        if args.listen:
+            tcp_port(args.listen, any_port=True)
+        for endpoint in [*args.peer, *args.pub]:
+            tcp_port(endpoint)
+    except LocalError as e:
+        raise BadArgument(str(e)) from None
     options = Options(peers=args.peer, interfaces=args.interface, pub=args.pub,
                       discovery=not args.no_discovery)
     if args.listen:
         options.listen = args.listen
-    for endpoint in [*args.peer, *args.pub]:
-        if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
-            print(f"zflood: {endpoint!r} is not tcp://HOST:PORT", file=sys.stderr)
-            return 2
     return run(state, options)
 
 
@@ -148,6 +167,8 @@ def _client(state: Path) -> Any:
     from .daemon import read_endpoints
     from .local import Client
 
+    if not _daemon_running(state):  # a kill -9 leaves endpoints.json naming a dead pid
+        raise LocalError(f"no zflood daemon is running in {state} (start one: zflood run)")
     ends = read_endpoints(state)
     return Client(ends["control"][0], ends["pub"][0])
 
@@ -187,15 +208,24 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
 
 
 def _offline_node(state: Path) -> Any:
-    from .daemon import STORE, load_group, open_node
+    from .daemon import STORE, load_group
 
     group = load_group(state)
     if group is None or not (state / STORE).exists():
         raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+    return _open(state, group)
+
+
+def _open(state: Path, group: Any) -> Any:
+    from .daemon import open_node
+
     try:
         return open_node(state, group)
     except LocalError as e:
-        raise LocalError(f"{e} (is a zflood daemon using it? stop it first)") from None
+        if "locked" in str(e):
+            raise LocalError(f"{state} is in use by a running zflood daemon: stop it first, "
+                             "or talk to it (zflood publish, tail, status)") from None
+        raise
 
 
 def cmd_tail(state: Path, args: argparse.Namespace) -> int:
@@ -218,6 +248,8 @@ def _note_line(note: dict[str, Any], as_json: bool) -> str:
 
 
 def cmd_status(state: Path, args: argparse.Namespace) -> int:
+    from .daemon import load_group
+
     if _daemon_running(state):
         with _client(state) as client:
             status = dict(client.status(), running=True)
@@ -229,6 +261,8 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
             "heads": {o.hex(): c for o, c in node.heads.items()}, "forks": len(node.forks),
         }
         node.close()
+    group = load_group(state)
+    status["code"] = group.join_code if group else None  # what `zflood join` on another needs
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -239,23 +273,30 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     print(f"notes   {status['notes']} from {len(status['heads'])} origins; {status['forks']} forks")
     for peer in status["peers"]:
         print(f"peer    {peer['node'][:16] or '?':16} {peer['state']:10} {peer['address']}")
+    print(f"code    {status['code']}  (zflood join CODE adds a machine; keep it secret)")
     return 0
 
 
 def cmd_export(state: Path, args: argparse.Namespace) -> int:
     node = _offline_node(state)
     count = 0
-    with open(args.file, "wb") as f:
-        cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
-        for batch in node.export():
-            f.write(wire.encode(batch))
-            count += len(batch.bodies)
-    node.close()
+    try:
+        with open(args.file, "wb") as f:
+            cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
+            for batch in node.export():
+                f.write(wire.encode(batch))
+                count += len(batch.bodies)
+            cbor2.dump({EXPORT_END: count}, f)
+    finally:
+        node.close()
     print(f"exported {count} notes to {args.file}")
     return 0
 
 
 def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
+    """The batches of an export, checked as far as the file can be: damage shows as a
+    LocalError, at the latest when the end mark is missing or its count is wrong."""
+    count = 0
     with open(path, "rb") as f:
         try:
             header = cbor2.load(f)
@@ -265,23 +306,34 @@ def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
             raise LocalError(f"{path} is not a zflood export")
         if header.get("group") != group:
             raise LocalError(f"{path} comes from another group")
-        while f.peek(1):
+        while True:
             try:
                 item = cbor2.load(f)
+                if isinstance(item, dict) and EXPORT_END in item:
+                    break
                 msg = wire.decode(cbor2.dumps(item))
             except EOFError:
-                return
+                raise LocalError(f"{path} is damaged: it ends early, after {count} notes "
+                                 "(a copy cut short?)") from None
             except Exception as e:
                 raise LocalError(f"{path} is damaged: {e}") from None
             if not isinstance(msg, wire.Notes):
                 raise LocalError(f"{path} is damaged: a {type(msg).__name__} among the notes")
+            count += len(msg.bodies)
             yield msg
+        if item[EXPORT_END] != count or f.read(1):
+            raise LocalError(f"{path} is damaged: its end mark does not match its notes")
 
 
 def cmd_import(state: Path, args: argparse.Namespace) -> int:
     node = _offline_node(state)
+    new = 0
     try:
-        new = sum(node.import_notes(batch) for batch in _read_export(args.file, node.group))
+        for batch in _read_export(args.file, node.group):
+            new += node.import_notes(batch)
+    except LocalError as e:
+        # What was taken is signed and checked: keep it, and say so.
+        raise LocalError(f"{e}; {new} new notes taken before that") from None
     finally:
         node.close()
     print(f"imported {new} new notes from {args.file}")

@@ -67,11 +67,16 @@ def load_group(state: Path) -> Group | None:
         raise LocalError(f"cannot read {path}: {e}") from None
 
 
-def save_group(state: Path, group: Group) -> None:
-    """Write the group secret (mode 0600, created atomically); refuses to change group."""
+def check_group(state: Path, group: Group) -> None:
+    """Refuse a state directory that belongs to another group."""
     old = load_group(state)
     if old is not None and old != group:
         raise LocalError(f"{state} already belongs to group {old.id.hex()}; use another --state")
+
+
+def save_group(state: Path, group: Group) -> None:
+    """Write the group secret (mode 0600, created atomically); refuses to change group."""
+    check_group(state, group)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = state / (GROUP + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -76,12 +76,15 @@ def _endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def _port_of(endpoint: str) -> int:
-    if not endpoint.startswith("tcp://"):
-        raise LocalError(f"not a tcp:// endpoint: {endpoint!r}")
-    host, _, port = endpoint[len("tcp://") :].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LocalError(f"not a tcp://host:port endpoint: {endpoint!r}")
+def tcp_port(endpoint: str, *, any_port: bool = False) -> int:
+    """The port of a tcp://HOST:PORT endpoint (0 only with `any_port`: "pick one"), or a
+    LocalError saying what is wrong with it. libzmq itself would take port 99999 as 34463."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    low = 0 if any_port else 1
+    if not endpoint.startswith("tcp://") or not host or not port.isdigit():
+        raise LocalError(f"{endpoint!r} is not tcp://HOST:PORT")
+    if not low <= int(port) <= 65535:
+        raise LocalError(f"{endpoint!r}: the port must be {low} to 65535")
     return int(port)
 
 
@@ -212,9 +215,12 @@ class Mesh:
             router.router_handover = 1  # a restarted peer takes its routing id back
             router.maxmsgsize = self._config.max_frame
             router.sndhwm = router.rcvhwm = self._config.send_hwm
-            router.bind(self._listen)
+            try:
+                router.bind(self._listen)
+            except zmq.ZMQError as e:
+                raise LocalError(f"cannot listen on {self._listen}: {e.strerror}") from None
             endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._port = _port_of(endpoint)
+            self._port = tcp_port(endpoint)
         except BaseException:
             await self.close()
             raise
@@ -233,7 +239,7 @@ class Mesh:
         """Idempotent. `node` comes from discovery; None for a static peer."""
         if self._closed or not self._port:
             raise LocalError("dial() needs a started, open mesh")
-        _port_of(endpoint)
+        tcp_port(endpoint)
         if node is None:
             if endpoint not in self._knockers:
                 routing_id = b"k" + os.urandom(15)  # never 32 bytes, so never a node id
@@ -496,7 +502,7 @@ class Mesh:
             self._drop_link(peer, "peer no longer hears us", bye=False, now=now)
         if peer.dealer is None:  # it dialled us first (we are its static peer): dial back
             self._connect(peer, _endpoint(peer_ip, port), now)
-        elif _port_of(peer.address) != port:
+        elif tcp_port(peer.address) != port:
             self._connect(peer, peer.address.rpartition(":")[0] + f":{port}", now)
         elif heard_us and hears == NOT_HEARING:
             # It heard us, now it does not, yet we hear it: our connection may be the deaf

@@ -337,6 +337,10 @@ class Node:
         """Take a batch from an export; returns how many notes were new. A batch that does
         not check out raises `LocalError`; a fork is recorded as if a peer had sent it."""
         self._check_open()
+        have = self._count.get(batch.origin, 0)
+        if batch.start > have:  # a peer's gap is asked again; a file's is lost for good
+            raise LocalError(f"notes {have}..{batch.start - 1} of {_h(batch.origin)} are missing "
+                             "before this batch")
         before = self._store.next_index
         source = _Peer(_NoChannel())
         try:

@@ -76,7 +76,9 @@ class Store:
                 # private keys live in this file: keep it (and its -wal, -shm) owner-only
                 old = os.umask(0o077)
                 try:
-                    self._db = sqlite3.connect(self.path, isolation_level=None)
+                    # No busy wait: the only other holder of the lock is a process that
+                    # owns the store for as long as it runs, so fail at once.
+                    self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
                     # One process owns a store. Exclusive locking keeps the WAL index in
                     # memory: no shared-memory file, no file locks per commit (a quarter off
                     # each publish). It also stops a second process opening it by mistake.

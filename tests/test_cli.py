@@ -1,0 +1,961 @@
+"""The `zflood` command, run as a real subprocess: help, init/join and join codes, argument
+errors, offline and online publish, status, run's signals, tail, export/import.
+
+Every daemon listens on 127.0.0.1 only, with no mDNS, and is stopped by PID in a fixture. Every
+wait is bounded; where there is no event to await (another process's state) we poll at 10 ms.
+State directories live under a short /tmp path: ipc:// socket names are limited to ~107 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from zflood.daemon import ENDPOINTS, load_group, open_node, read_endpoints, save_group
+from zflood.errors import BadJoinCode, LocalError
+from zflood.identity import Group
+from zflood.local import Client
+
+ZFLOOD = [sys.executable, "-m", "zflood"]
+SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo"]
+#: What each subcommand's --help must mention (its options and positionals).
+SUBCOMMAND_ARGS = {
+    "init": [],
+    "join": ["code"],
+    "run": ["--listen", "--peer", "--interface", "--pub", "--no-discovery", "--verbose"],
+    "publish": ["TEXT", "--binary"],
+    "tail": ["--all", "--json"],
+    "status": ["--json"],
+    "export": ["FILE"],
+    "import": ["FILE"],
+    "demo": ["--seconds"],
+}
+STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running"}
+QUICK = 10.0  # bound for a command that should answer at once
+WAIT = 10.0  # bound for anything a daemon does on loopback (it takes well under a second)
+
+# The state directory and sockets must come from --state alone, whatever the caller's
+# environment says (systemd variables would move the sockets, or join on start).
+_UNSET = ("ZFLOOD_STATE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY",
+          "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
+ENV = {k: v for k, v in os.environ.items() if k not in _UNSET}
+
+Notes = list[tuple[str, int, str | bytes]]  # (origin hex, seqno, body)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    raw_out: bytes
+
+    @property
+    def last_line(self) -> str:
+        return self.out.rstrip("\n").splitlines()[-1]
+
+
+def zflood(*args: str | Path, state: Path | None = None, stdin: bytes = b"",
+           timeout: float = QUICK, env: dict[str, str] | None = None) -> Result:
+    argv = [*ZFLOOD, *(["--state", str(state)] if state is not None else []), *map(str, args)]
+    p = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                       env=ENV if env is None else env)
+    return Result(p.returncode, p.stdout.decode(errors="replace"),
+                  p.stderr.decode(errors="replace"), p.stdout)
+
+
+def ok(*args: str | Path, state: Path | None = None, stdin: bytes = b"") -> Result:
+    r = zflood(*args, state=state, stdin=stdin)
+    assert r.code == 0, f"zflood {' '.join(map(str, args))} failed ({r.code}): {r.err}"
+    assert "Traceback" not in r.err, r.err
+    return r
+
+
+def assert_one_line_error(r: Result, code: int | None = None) -> str:
+    """A user-caused failure: non-zero exit (`code` if given), exactly one line on stderr."""
+    assert "Traceback" not in r.err, r.err
+    assert r.code != 0, f"expected a failure, got exit 0; stdout: {r.out!r}"
+    if code is not None:
+        assert r.code == code, f"exit {r.code}, expected {code}: {r.err!r}"
+    lines = r.err.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {r.err!r}"
+    assert lines[0].startswith("zflood: "), lines[0]
+    return lines[0]
+
+
+def assert_usage_error(r: Result) -> None:
+    """argparse's kind of failure: usage plus one error line, exit 2, no traceback."""
+    assert "Traceback" not in r.err, r.err
+    assert r.code == 2, (r.code, r.err)
+    lines = r.err.strip("\n").splitlines()
+    assert 1 <= len(lines) <= 4, r.err  # usage (maybe wrapped) + "zflood ...: error: ..."
+    assert "error:" in lines[-1] or lines[-1].startswith("zflood: "), r.err
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # another process's state: there is no event to await
+
+
+def status_json(state: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(ok("status", "--json", state=state).out)
+    return data
+
+
+def held(state: Path) -> Notes:
+    """(origin hex, seqno, body) of every note in a stopped member's store, in arrival order."""
+    group = load_group(state)
+    assert group is not None
+    node = open_node(state, group)
+    try:
+        return [(n.origin.hex(), n.seqno, n.body) for n in node.notes()]
+    finally:
+        node.close()
+
+
+def tree_digest(state: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(state.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    """A short directory: ipc socket paths must stay under ~107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="zc"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def init(state: Path) -> str:
+    """`zflood init` in `state`; returns the join code."""
+    return ok("init", state=state).last_line
+
+
+# Setup that is not the behaviour under test is done in-process, as the CLI does it: each
+# subprocess costs ~0.2 s.
+
+
+def member(state: Path, code: str | None = None) -> str:
+    """A member in `state`: of a new group (like `init`), or of `code`'s (like `join`)."""
+    group = Group.new() if code is None else Group.from_join_code(code)
+    save_group(state, group)
+    open_node(state, group).close()
+    return group.join_code
+
+
+def put(state: Path, *bodies: str | bytes) -> None:
+    """Publish offline into a stopped member's store."""
+    group = load_group(state)
+    assert group is not None
+    node = open_node(state, group)
+    try:
+        for body in bodies:
+            node.publish(body)
+    finally:
+        node.close()
+
+
+def node_id(state: Path) -> str:
+    group = load_group(state)
+    assert group is not None
+    node = open_node(state, group)
+    try:
+        return node.id.hex()
+    finally:
+        node.close()
+
+
+class Daemon:
+    """`zflood run` on loopback without mDNS; `stop` ends it by PID, bounded."""
+
+    def __init__(self, state: Path, *extra: str) -> None:
+        self.state = state
+        self.log = state.parent / f"{state.name}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*ZFLOOD, "--state", str(state), "run", "--listen", "tcp://127.0.0.1:0",
+                 "--no-discovery", *extra],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=ENV,
+            )
+        ends = wait_for(self._endpoints, WAIT, f"the daemon in {state} to start")
+        self.listen: str = ends["listen"]
+        self.client = Client(ends["control"][0], ends["pub"][0])
+
+    def _endpoints(self) -> dict[str, Any] | None:
+        assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()}"
+        try:
+            ends = read_endpoints(self.state)
+        except LocalError:
+            return None
+        return ends if ends.get("pid") == self.proc.pid else None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        """Signal it and wait; returns its exit code (kills it, and fails, past `timeout`)."""
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            raise AssertionError(f"the daemon ignored signal {sig} for {timeout} s") from None
+
+    def kill(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """Starts daemons; every one still running at the end is killed by PID."""
+    started: list[Daemon] = []
+
+    def start(state: Path, *extra: str) -> Daemon:
+        started.append(Daemon(state, *extra))
+        return started[-1]
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()
+        d.client.close()
+
+
+class LineReader:
+    """Lines from a child's stdout, each read with a deadline (never a blocking read)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = b""
+
+    def line(self, timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line within {timeout} s (have {self.buf!r})")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"the process exited ({self.proc.poll()})")
+                self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_subcommand_and_global_option() -> None:
+    r = ok("--help")
+    for word in [*SUBCOMMANDS, "--state", "--version", "--help"]:
+        assert word in r.out, f"{word} missing from zflood --help"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_each_subcommands_help_mentions_all_its_arguments(command: str) -> None:
+    r = ok(command, "--help")
+    assert r.out.startswith(f"usage: zflood {command}"), r.out
+    for word in [*SUBCOMMAND_ARGS[command], "--help"]:
+        assert word in r.out, f"{word} missing from zflood {command} --help"
+
+
+def test_version_prints_the_package_version() -> None:
+    from zflood import __version__
+
+    assert ok("--version").out.strip() == f"zflood {__version__}"
+
+
+def test_the_console_script_is_installed_and_runs() -> None:
+    script = Path(sys.executable).parent / "zflood"
+    if not script.exists():
+        pytest.skip(f"no console script beside {sys.executable}")
+    p = subprocess.run([str(script), "--version"], capture_output=True, timeout=QUICK, env=ENV)
+    assert p.returncode == 0 and p.stdout.startswith(b"zflood "), p
+
+
+# -- init and join -----------------------------------------------------------------------------
+
+
+def test_init_prints_a_join_code_that_parses_as_the_last_line(tmp: Path) -> None:
+    state = tmp / "a"
+    r = ok("init", state=state)
+    group = Group.from_join_code(r.last_line)
+    assert group == load_group(state)
+    assert status_json(state)["group"] == group.id.hex()
+    assert oct((state / "group.key").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_second_init_fails_with_one_line_and_changes_nothing(tmp: Path) -> None:
+    state = tmp / "a"
+    code = init(state)
+    before = tree_digest(state)
+    line = assert_one_line_error(zflood("init", state=state))
+    assert "already" in line
+    assert tree_digest(state) == before
+    assert load_group(state) == Group.from_join_code(code)
+
+
+def test_a_second_init_points_to_a_command_that_really_shows_the_code(tmp: Path) -> None:
+    """The error sends the user to `zflood status`, which must then show the join code."""
+    state = tmp / "a"
+    code = init(state)
+    line = assert_one_line_error(zflood("init", state=state))
+    assert "zflood status" in line  # what the message tells the user to run
+    shown = ok("status", state=state).out + ok("status", "--json", state=state).out
+    assert code in shown, "`zflood status` does not show the join code the error points to"
+
+
+def test_join_with_a_good_code_joins_that_group(tmp: Path) -> None:
+    code = member(tmp / "a")
+    ok("join", code, state=tmp / "b")
+    a, b = status_json(tmp / "a"), status_json(tmp / "b")
+    assert a["group"] == b["group"] == Group.from_join_code(code).id.hex()
+    assert a["node"] != b["node"]
+
+
+def test_join_accepts_a_code_retyped_in_capitals_with_spaces(tmp: Path) -> None:
+    code = member(tmp / "a")
+    ok("join", code.upper().replace("-", " - "), state=tmp / "b")
+    assert load_group(tmp / "b") == Group.from_join_code(code)
+
+
+def _one_char_changed(code: str, pos: int) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    new = alphabet[(alphabet.index(code[pos]) + 1) % len(alphabet)]
+    return code[:pos] + new + code[pos + 1 :]
+
+
+def _bad_codes(code: str) -> dict[str, str]:
+    letters = [i for i, ch in enumerate(code) if i >= 4 and ch != "-"]
+    return {
+        "garbage": "hello world",
+        "right prefix, garbage": "zf1-!!!!-????",
+        "one character changed": _one_char_changed(code, letters[len(letters) // 2]),
+        "first character changed": _one_char_changed(code, letters[0]),
+        "truncated at a dash": code[: code.rindex("-")],
+        "truncated mid-group": code[:-3],
+        "one group too many": code + "-aaaaaa",
+        "empty": "",
+    }
+
+
+def test_join_with_a_bad_code_is_one_line_exit_2_and_leaves_no_group(tmp: Path) -> None:
+    code = member(tmp / "a")
+    for what, bad in _bad_codes(code).items():
+        state = tmp / "b"
+        r = zflood("join", bad, state=state)
+        line = assert_one_line_error(r, code=2)
+        assert "join code" in line, (what, line)
+        assert load_group(state) is None, f"{what}: a group was saved"
+        if what == "one character changed":
+            assert "typo" in line or "checksum" in line, line
+
+
+def test_no_single_character_typo_yields_another_group() -> None:
+    """Exhaustively (in-process): every one-character change is refused, or (in the last
+    character's padding bits only) decodes to the very same group."""
+    group = Group.new()
+    code = group.join_code
+    for pos in range(4, len(code)):
+        if code[pos] == "-":
+            continue
+        for ch in "abcdefghijklmnopqrstuvwxyz234567":
+            if ch == code[pos]:
+                continue
+            try:
+                other = Group.from_join_code(code[:pos] + ch + code[pos + 1 :])
+            except BadJoinCode:
+                continue
+            assert other == group and pos == len(code) - 1, (pos, ch)
+
+
+def test_join_into_a_member_of_another_group_fails_and_keeps_its_group(tmp: Path) -> None:
+    member(tmp / "a")
+    code_b = member(tmp / "b")
+    before = tree_digest(tmp / "a")
+    line = assert_one_line_error(zflood("join", code_b, state=tmp / "a"))
+    assert "already" in line or "another" in line, line
+    assert tree_digest(tmp / "a") == before
+
+
+def test_a_join_refused_by_the_store_leaves_the_state_dir_as_it_was(tmp: Path) -> None:
+    """With a store of group 1 whose group.key was lost, `join CODE2` must fail before it
+    writes anything (the store is opened first), so that `join CODE1` still recovers it."""
+    code1 = member(tmp / "a")
+    code2 = member(tmp / "b")
+    (tmp / "a" / "group.key").unlink()
+    before = tree_digest(tmp / "a")
+    assert_one_line_error(zflood("join", code2, state=tmp / "a"))
+    assert tree_digest(tmp / "a") == before, "a failed join changed the state directory"
+    ok("join", code1, state=tmp / "a")  # the right code still recovers it
+
+
+def test_joining_the_same_group_again_is_harmless(tmp: Path) -> None:
+    code = member(tmp / "a")
+    ok("join", code, state=tmp / "b")
+    node = node_id(tmp / "b")
+    ok("join", code, state=tmp / "b")
+    assert node_id(tmp / "b") == node
+
+
+def test_state_dir_comes_from_zflood_state_and_state_flag_wins(tmp: Path) -> None:
+    env = dict(ENV, ZFLOOD_STATE=str(tmp / "env"))
+    r = zflood("init", env=env)
+    assert r.code == 0, r.err
+    assert load_group(tmp / "env") == Group.from_join_code(r.last_line)
+    r = zflood("init", state=tmp / "flag", env=env)
+    assert r.code == 0, r.err
+    assert load_group(tmp / "flag") == Group.from_join_code(r.last_line)
+
+
+# -- bad arguments -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["frobnicate"], [], ["join"], ["publish"], ["export"], ["import"], ["--state"],
+     ["run", "--peer"], ["publish", "x", "--nope"], ["demo", "--seconds", "soon"]],
+    ids=lambda a: " ".join(a) or "nothing",
+)
+def test_argparse_errors_are_usage_plus_one_line_without_traceback(argv: list[str],
+                                                                   tmp: Path) -> None:
+    assert_usage_error(zflood(*argv, state=tmp / "a"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--peer", "notanendpoint"], ["--peer", "udp://127.0.0.1:5"], ["--pub", "ipc:///tmp/x"]],
+    ids=lambda a: " ".join(a),
+)
+def test_run_refuses_a_malformed_endpoint_with_one_line_exit_2(extra: list[str],
+                                                               tmp: Path) -> None:
+    member(tmp / "a")
+    r = zflood("run", "--listen", "tcp://127.0.0.1:0", "--no-discovery", *extra, state=tmp / "a")
+    assert_one_line_error(r, code=2)
+    assert not (tmp / "a" / ENDPOINTS).exists()
+
+
+def _run_briefly(state: Path, *extra: str, timeout: float = 3.0) -> Result:
+    """A `run` that must give up at once: one that is still serving after `timeout` fails."""
+    argv = [*ZFLOOD, "--state", str(state), "run", "--no-discovery", *extra]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate(timeout=5)
+            raise AssertionError(f"run {extra} was accepted and kept serving: {err!r}") from None
+    # The daemon logs its start and stop (INFO) before the error: judge the last line.
+    text = err.decode(errors="replace")
+    assert "Traceback" not in text, text
+    last = text.strip("\n").splitlines()[-1:] or [""]
+    return Result(p.returncode, out.decode(errors="replace"), last[0] + "\n", out)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--listen", "tcp://127.0.0.1:0", "--peer", "tcp://127.0.0.1:notaport"],
+     ["--listen", "tcp://127.0.0.1:0", "--pub", "tcp://10.1.2.3:5555"],
+     ["--listen", "ipc:///tmp/zflood-listen.sock"]],
+    ids=["peer-port-not-a-number", "pub-off-loopback", "listen-not-tcp"],
+)
+def test_run_refuses_an_unusable_endpoint_with_one_error_line(extra: list[str],
+                                                              tmp: Path) -> None:
+    member(tmp / "a")
+    assert_one_line_error(_run_briefly(tmp / "a", *extra))
+    assert not (tmp / "a" / ENDPOINTS).exists()
+
+
+def test_run_on_a_listen_endpoint_that_zeromq_rejects_is_one_line_not_a_traceback(
+    tmp: Path,
+) -> None:
+    """What libzmq cannot bind is a one-line error, not a ZMQError traceback."""
+    member(tmp / "a")
+    assert_one_line_error(_run_briefly(tmp / "a", "--listen", "garbage"))
+
+
+def test_run_on_a_busy_port_is_one_line_not_a_traceback(tmp: Path) -> None:
+    """Two daemons on one machine (same default port 4077, or any taken port): the second
+    says which port is taken, in one line."""
+    member(tmp / "a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _run_briefly(tmp / "a", "--listen", f"tcp://127.0.0.1:{port}")
+    line = assert_one_line_error(r)
+    assert str(port) in line or "in use" in line, line
+
+
+def test_run_refuses_a_listen_port_out_of_range(tmp: Path) -> None:
+    """libzmq would take port 99999 modulo 65536 and serve on 34463: refuse it instead."""
+    member(tmp / "a")
+    assert_one_line_error(_run_briefly(tmp / "a", "--listen", "tcp://127.0.0.1:99999"))
+
+
+# -- publish -----------------------------------------------------------------------------------
+
+
+def test_publish_without_a_daemon_goes_into_the_store(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    r = ok("publish", "hello offline", state=state)
+    assert "offline" in r.out
+    st = status_json(state)
+    assert st["running"] is False and st["notes"] == 1
+    assert st["heads"] == {st["node"]: 1}
+    assert held(state) == [(st["node"], 0, "hello offline")]
+
+
+def test_publish_dash_reads_text_from_stdin_exactly(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    text = "line one\nligne deux, été\n\n"
+    ok("publish", "-", state=state, stdin=text.encode())
+    assert [body for _, _, body in held(state)] == [text]
+
+
+def test_publish_binary_publishes_bytes_from_stdin_and_from_the_argument(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    raw = bytes(range(256)) + b"\xff\xfe\x00"
+    ok("publish", "--binary", "-", state=state, stdin=raw)
+    ok("publish", "--binary", "abc", state=state)
+    ok("publish", "abc", state=state)
+    assert [body for _, _, body in held(state)] == [raw, b"abc", "abc"]
+
+
+def test_publish_of_non_utf8_stdin_without_binary_is_one_line_and_publishes_nothing(
+    tmp: Path,
+) -> None:
+    state = tmp / "a"
+    member(state)
+    line = assert_one_line_error(zflood("publish", "-", state=state, stdin=b"caf\xe9\xff"))
+    assert "--binary" in line
+    assert held(state) == []
+
+
+def test_publish_of_an_oversized_note_is_one_line(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    assert_one_line_error(zflood("publish", "-", state=state, stdin=b"x" * 300_000))
+    assert held(state) == []
+
+
+def test_commands_needing_a_group_fail_with_one_line_in_an_empty_state_dir(tmp: Path) -> None:
+    for argv in (["publish", "x"], ["status"], ["status", "--json"], ["export", str(tmp / "f")],
+                 ["import", str(tmp / "f")], ["tail"]):
+        assert_one_line_error(zflood(*argv, state=tmp / "empty"))
+    assert_one_line_error(_run_briefly(tmp / "empty", "--listen", "tcp://127.0.0.1:0"))
+    assert not (tmp / "f").exists()
+
+
+def test_publish_with_a_running_daemon_goes_through_it(tmp: Path,
+                                                       daemons: Callable[..., Daemon]) -> None:
+    state = tmp / "a"
+    member(state)
+    d = daemons(state)
+    r = ok("publish", "through the daemon", state=state)
+    assert "offline" not in r.out
+    ok("publish", "-", state=state, stdin=b"and from stdin")
+    st = d.client.status()
+    assert st["notes"] == 2
+    notes, _ = d.client.read(0)
+    assert [n["body"] for n in notes] == ["through the daemon", "and from stdin"]
+    assert status_json(state)["notes"] == 2
+    line = assert_one_line_error(zflood("publish", "-", state=state, stdin=b"y" * 300_000))
+    assert "262144" in line or "at most" in line
+    assert d.client.status()["notes"] == 2
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def test_status_json_of_a_running_daemon_shows_node_endpoints_peers_and_heads(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    code = member(tmp / "a")
+    member(tmp / "b", code)
+    put(tmp / "a", "before run")
+    a = daemons(tmp / "a")
+    b = daemons(tmp / "b", "--peer", a.listen)
+    wait_for(lambda: any(p["state"] == "connected" for p in a.client.status()["peers"]), WAIT,
+             "the link from b")
+    st = status_json(tmp / "a")
+    assert st.keys() >= STATUS_KEYS, st.keys()
+    assert st["running"] is True
+    assert st["group"] == Group.from_join_code(code).id.hex()
+    assert st["listen"] == a.listen and st["listen"].startswith("tcp://127.0.0.1:")
+    assert st["pub"] and st["control"]
+    assert st["notes"] == 1 and st["heads"] == {st["node"]: 1}
+    b_node = b.client.status()["node"]
+    assert [p["node"] for p in st["peers"]] == [b_node]
+    for peer in st["peers"]:
+        assert {"node", "address", "state"} <= peer.keys()
+        assert peer["state"] == "connected" and peer["address"].startswith("tcp://127.0.0.1:")
+    text = ok("status", state=tmp / "a").out
+    assert st["node"] in text and "running" in text and b_node[:16] in text
+
+
+def test_status_answers_with_the_daemon_stopped_and_after_a_kill(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, "x")
+    st = status_json(state)
+    assert st.keys() >= STATUS_KEYS
+    assert st["running"] is False and st["notes"] == 1 and st["peers"] == []
+    # kill -9 leaves a stale endpoints.json: status and offline publish still work
+    d = daemons(state)
+    d.kill()
+    assert (state / ENDPOINTS).exists()
+    ok("publish", "after the kill", state=state)
+    st = status_json(state)
+    assert st["running"] is False and st["notes"] == 2
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_stops_cleanly_on_a_signal(sig: int, tmp: Path,
+                                       daemons: Callable[..., Daemon]) -> None:
+    state = tmp / "a"
+    member(state)
+    d = daemons(state)
+    d.client.publish("while running")
+    start = time.monotonic()
+    assert d.stop(sig, timeout=5.0) == 0
+    took = time.monotonic() - start
+    assert took < 5.0
+    log = d.log.read_text()
+    assert "Traceback" not in log and "stopping" in log, log
+    assert not (state / ENDPOINTS).exists()
+    assert not (state / "control.sock").exists() and not (state / "pub.sock").exists()
+    # the store was released: offline commands work at once
+    ok("publish", "after stop", state=state)
+    assert len(held(state)) == 2
+
+
+def _concurrently(*argvs: list[str], timeout: float) -> list[tuple[Result, float]]:
+    """Run several commands at once: (result, seconds it took) for each, in order. Their
+    output is a few lines, so the pipes are read after they exit."""
+    started = time.monotonic()
+    procs = [subprocess.Popen([*ZFLOOD, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=ENV) for argv in argvs]
+    took: dict[int, float] = {}
+    try:
+        while len(took) < len(procs):
+            assert time.monotonic() < started + timeout, f"still running after {timeout} s"
+            for i, p in enumerate(procs):
+                if i not in took and p.poll() is not None:
+                    took[i] = time.monotonic() - started
+            time.sleep(0.01)  # other processes: nothing to await
+        results = []
+        for i, p in enumerate(procs):
+            out, err = p.communicate(timeout=5)
+            results.append((Result(p.returncode, out.decode(errors="replace"),
+                                   err.decode(errors="replace"), out), took[i]))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=5)
+
+
+def test_while_a_daemon_runs_a_second_run_export_and_import_fail_with_one_line(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    state = tmp / "a"
+    member(state)
+    first = daemons(state)
+    first.client.publish("held")
+    ends = (state / ENDPOINTS).read_text()
+    member(tmp / "other")
+    put(tmp / "other", "other's")
+    ok("export", tmp / "other.zf", state=tmp / "other")
+    s = ["--state", str(state)]
+    results = _concurrently(
+        [*s, "run", "--listen", "tcp://127.0.0.1:0", "--no-discovery"],
+        [*s, "export", str(tmp / "x.zf")],
+        [*s, "import", str(tmp / "other.zf")],
+        timeout=15.0,
+    )
+    (run, _), (export, _), (imp, _) = results
+    run_err = run.err.strip("\n").splitlines()[-1:]
+    assert "Traceback" not in run.err and run.code != 0, run.err
+    assert_one_line_error(Result(run.code, run.out, "".join(run_err), run.raw_out))
+    assert "daemon" in assert_one_line_error(export)
+    assert "daemon" in assert_one_line_error(imp)
+    assert not (tmp / "x.zf").exists()
+    # the first daemon is untouched: same sockets, same notes, still serving
+    assert (state / ENDPOINTS).read_text() == ends
+    assert first.client.status()["notes"] == 1
+    assert status_json(state)["running"] is True
+    slow = [(argv, round(took, 1)) for argv, (_, took) in zip(
+        ["run", "export", "import"], results, strict=True) if took > 3.0]
+    assert not slow, f"these waited on the daemon's store lock before failing: {slow}"
+
+
+# -- tail --------------------------------------------------------------------------------------
+
+
+def test_tail_all_json_prints_history_then_live_notes_one_object_a_line(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, "first", b"\x00\xffbin")
+    d = daemons(state)
+    node = d.client.status()["node"]
+    with subprocess.Popen([*ZFLOOD, "--state", str(state), "tail", "--all", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV) as tail:
+        try:
+            lines = LineReader(tail)
+            got = [json.loads(lines.line()) for _ in range(2)]
+            assert [(n["origin"], n["seqno"], n["index"]) for n in got] == [
+                (node, 0, 0), (node, 1, 1)]
+            assert got[0]["body"] == "first"
+            assert got[1]["body"] == {"base64": base64.b64encode(b"\x00\xffbin").decode()}
+            assert all(len(n["id"]) == 64 for n in got)
+            d.client.publish("live one")
+            ok("publish", "live two", state=state)
+            live = [json.loads(lines.line()) for _ in range(2)]
+            assert [(n["body"], n["index"]) for n in live] == [("live one", 2), ("live two", 3)]
+        finally:
+            tail.send_signal(signal.SIGINT)
+            rc = tail.wait(timeout=5)
+            err = tail.stderr.read().decode() if tail.stderr else ""
+    assert rc == 130 and "Traceback" not in err, (rc, err)
+
+
+def test_tail_without_all_prints_only_notes_published_after_it_started(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, "old 0", "old 1", "old 2")
+    d = daemons(state)
+    with subprocess.Popen([*ZFLOOD, "--state", str(state), "tail"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV) as tail:
+        try:
+            lines = LineReader(tail)
+            # tail starts at the count it reads from the daemon when it comes up; keep
+            # publishing until a line shows (a note published before that is rightly skipped)
+            deadline = time.monotonic() + WAIT
+            first = ""
+            while not first:
+                assert time.monotonic() < deadline, "tail printed nothing"
+                d.client.publish("new")
+                try:
+                    first = lines.line(timeout=0.05)
+                except AssertionError:
+                    continue
+            index = int(first.split()[0])
+            assert index >= 3 and first.endswith(" new"), first
+        finally:
+            tail.terminate()
+            tail.wait(timeout=5)
+
+
+def test_tail_with_no_daemon_fails_promptly_with_one_line(
+    tmp: Path, daemons: Callable[..., Daemon]
+) -> None:
+    state = tmp / "a"
+    member(state)
+    assert "no zflood daemon" in assert_one_line_error(zflood("tail", state=state))
+    # after a kill -9 the stale endpoints.json names a dead pid: no need to wait for the socket
+    daemons(state).kill()
+    start = time.monotonic()
+    assert_one_line_error(zflood("tail", state=state))
+    assert time.monotonic() - start < 3.0, "tail waited for a daemon whose pid is dead"
+
+
+# -- export / import ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def export_source() -> Iterator[tuple[bytes, str, Notes]]:
+    """Members a and b of one group, each with notes; a holds all of them (both origins) and
+    exports them. Made once: (the export file's bytes, the join code, a's notes)."""
+    tmp = Path(tempfile.mkdtemp(prefix="zc"))
+    try:
+        code = member(tmp / "a")
+        member(tmp / "b", code)
+        put(tmp / "a", "a 0", "a 1", "a 2", b"\x00\x01")
+        put(tmp / "b", "b 0", "b 1")
+        ok("export", tmp / "b.zf", state=tmp / "b")
+        ok("import", tmp / "b.zf", state=tmp / "a")
+        r = ok("export", tmp / "a.zf", state=tmp / "a")
+        assert "6 notes" in r.out, r.out
+        yield (tmp / "a.zf").read_bytes(), code, held(tmp / "a")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def exported(tmp: Path, export_source: tuple[bytes, str, Notes]) -> tuple[Path, str, Notes]:
+    """(a copy of the export file, the join code, the exported notes)."""
+    data, code, notes = export_source
+    (tmp / "a.zf").write_bytes(data)
+    return tmp / "a.zf", code, notes
+
+
+def test_export_then_import_brings_every_note_to_another_member(
+    tmp: Path, exported: tuple[Path, str, Notes]
+) -> None:
+    path, code, notes = exported
+    member(tmp / "c", code)
+    put(tmp / "c", "c's own")
+    r = ok("import", path, state=tmp / "c")
+    assert "6 new" in r.out, r.out
+    got = held(tmp / "c")
+    assert sorted(got[1:], key=str) == sorted(notes, key=str)
+    assert got[0][2] == "c's own"
+    assert len(got) == 7
+    assert "0 new" in ok("import", path, state=tmp / "c").out  # idempotent
+
+
+def test_import_into_another_groups_member_fails_with_one_line(
+    tmp: Path, exported: tuple[Path, str, Notes]
+) -> None:
+    path, _, _ = exported
+    member(tmp / "other")
+    before = tree_digest(tmp / "other")
+    line = assert_one_line_error(zflood("import", path, state=tmp / "other"))
+    assert "another group" in line
+    assert held(tmp / "other") == []
+    assert tree_digest(tmp / "other") == before
+
+
+def test_import_of_a_file_that_is_not_an_export_fails_with_one_line(tmp: Path) -> None:
+    member(tmp / "c")
+    for name, data in [("empty", b""), ("text", b"hello\n"), ("random", os.urandom(500)),
+                       ("cbor", cbor2.dumps({"zflood-export": 2}))]:
+        (tmp / name).write_bytes(data)
+        assert_one_line_error(zflood("import", tmp / name, state=tmp / "c"))
+    assert_one_line_error(zflood("import", tmp / "missing", state=tmp / "c"))
+    assert held(tmp / "c") == []
+
+
+def _batch_offsets(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of the header and of each CBOR item after it."""
+    import io
+
+    f = io.BytesIO(data)
+    spans = []
+    while f.tell() < len(data):
+        start = f.tell()
+        cbor2.load(f)
+        spans.append((start, f.tell()))
+    return spans
+
+
+def _assert_nothing_invalid(state: Path, notes: Notes) -> None:
+    got = held(state)
+    assert all(n in notes for n in got), f"imported notes that were not exported: {got}"
+
+
+def test_a_truncated_export_fails_with_one_line_and_imports_nothing_invalid(
+    tmp: Path, exported: tuple[Path, str, Notes]
+) -> None:
+    path, code, notes = exported
+    data = path.read_bytes()
+    spans = _batch_offsets(data)
+    cuts = {1, spans[0][1] - 1, spans[1][0] + 5, spans[1][1] - 1, len(data) - 1}
+    for cut in sorted(cuts):
+        state = tmp / f"t{cut}"
+        member(state, code)
+        (tmp / "cut.zf").write_bytes(data[:cut])
+        assert_one_line_error(zflood("import", tmp / "cut.zf", state=state))
+        _assert_nothing_invalid(state, notes)
+
+
+def test_an_export_cut_between_two_batches_is_reported_as_damaged(
+    tmp: Path, exported: tuple[Path, str, Notes]
+) -> None:
+    """An export ends with a mark holding its note count, so a copy cut exactly after a batch
+    is reported as damaged rather than imported in part as if complete."""
+    path, code, _ = exported
+    data = path.read_bytes()
+    spans = _batch_offsets(data)
+    assert len(spans) == 4  # header, a's batch, b's batch, end mark
+    (tmp / "cut.zf").write_bytes(data[: spans[1][1]])
+    member(tmp / "c", code)
+    r = zflood("import", tmp / "cut.zf", state=tmp / "c")
+    assert_one_line_error(r)
+
+
+def _field_offsets(data: bytes) -> dict[str, int]:
+    """A byte inside each field of the first batch: [4, origin, start, prev, bodies, sig]."""
+    spans = _batch_offsets(data)
+    b0, _ = spans[1]
+    batch = cbor2.loads(data[spans[1][0] : spans[1][1]])
+    origin_at = data.index(batch[1], b0)
+    prev_at = data.index(batch[3], origin_at + 32)
+    body_at = data.index(batch[4][0].encode(), prev_at + 32)
+    sig_at = data.index(batch[5], body_at)
+    return {
+        "header": spans[0][0] + 3,
+        "message type": b0 + 1,
+        "origin": origin_at + 7,
+        "start": origin_at + 32,  # the start seqno follows the origin
+        "prev": prev_at + 11,
+        "body": body_at + 1,
+        "sig": sig_at + 20,
+        "second batch": spans[2][0] + 40,
+    }
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["header", "message type", "origin", "start", "prev", "body", "sig", "second batch"],
+)
+def test_a_flipped_bit_in_an_export_fails_with_one_line_and_imports_nothing_invalid(
+    field: str, tmp: Path, exported: tuple[Path, str, Notes]
+) -> None:
+    """For field "start": a batch's start seqno flipped 0 -> 1 leaves a gap that no peer will
+    fill from a file: an error, not "imported 0 new notes"."""
+    path, code, notes = exported
+    data = bytearray(path.read_bytes())
+    data[_field_offsets(bytes(data))[field]] ^= 0x01
+    (tmp / "flipped.zf").write_bytes(data)
+    member(tmp / "c", code)
+    assert_one_line_error(zflood("import", tmp / "flipped.zf", state=tmp / "c"))
+    _assert_nothing_invalid(tmp / "c", notes)
