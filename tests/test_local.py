@@ -45,10 +45,12 @@ class Daemon:
         pub, control = ipc_endpoints(directory)
         extra = ["tcp://127.0.0.1:0"] if tcp else []
         self.status: Callable[[], dict[str, Any]] = lambda: {"count": self.node.count}
+        self.links: list[tuple[bytes, bool]] = []  # what `link` requests asked of the mesh
 
         async def make() -> LocalAPI:
             api = api_class(self.ctx, self.node, pub=[pub, *extra], control=[control, *extra],
-                            status=lambda: self.status())
+                            status=lambda: self.status(),
+                            link=lambda node, up: self.links.append((node, up)))
             await api.start()
             return api
 
@@ -226,6 +228,16 @@ def test_status_returns_what_the_callback_returns(daemon: Daemon, client: Client
     assert client.status() == {"count": 1}
 
 
+def test_cut_and_heal_reach_the_link_callback(daemon: Daemon, client: Client) -> None:
+    node = bytes(range(32))
+    client.cut(node.hex())
+    client.heal(node)
+    assert daemon.links == [(node, False), (node, True)]
+    with pytest.raises(LocalError, match="32 bytes"):
+        client.cut("not hex")
+    assert daemon.links == [(node, False), (node, True)]
+
+
 def test_read_paginates_by_local_index(daemon: Daemon, client: Client) -> None:
     daemon.call(lambda: daemon.node.publish_many([f"n{i}" for i in range(25)]))
     pages = []
@@ -259,6 +271,9 @@ def test_read_caps_its_limit(daemon: Daemon, client: Client) -> None:
         ([cbor2.dumps({"op": "read", "start": -1})], "start"),
         ([cbor2.dumps({"op": "read", "start": True})], "start"),
         ([cbor2.dumps({"op": "read", "limit": 0})], "limit"),
+        ([cbor2.dumps({"op": "link", "node": b"x" * 31, "up": False})], "32-byte"),
+        ([cbor2.dumps({"op": "link", "node": "ab" * 32, "up": False})], "32-byte"),
+        ([cbor2.dumps({"op": "link", "node": b"x" * 32, "up": 0})], "true or false"),
         ([cbor2.dumps({"op": "publish", "body": "x"}) + b"\x00"], "trailing"),
         ([b""], "not a CBOR"),
         ([cbor2.dumps({"op": "publish", "body": b"x" * (256 * 1024 + 1)})], "at most"),
@@ -272,6 +287,7 @@ def test_a_bad_request_gets_an_error_and_the_api_keeps_serving(
     assert "\n" not in reply["error"] and len(reply["error"]) <= 200
     assert daemon.call(lambda: daemon.node.count) == 0
     assert client.status() == {"count": 0}
+    assert daemon.links == []
 
 
 def test_a_request_over_maxmsgsize_is_dropped_and_the_api_keeps_serving(

@@ -462,6 +462,27 @@ def test_engine_close_tells_peer_and_the_link_comes_back(net: Net) -> None:
     net.run(main)
 
 
+def test_a_cut_link_closes_at_both_ends_stays_down_and_heals(net: Net) -> None:
+    async def main() -> None:
+        a, b = await net.members_of(Group.new(), 2)
+        ab, ba = await pair(a, b)
+        a.mesh.cut(b.node)
+        await asyncio.wait_for(ba.closed.wait(), WAIT)  # the BYE: b closes at once too
+        assert ab.close_calls == 1
+        assert [p["state"] for p in a.mesh.links()] == ["cut"]
+        # b keeps dialling and sending HIs; for several heartbeats a must ignore them
+        with LogWatch("linked to") as relinked, contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(relinked.seen.wait(), 5 * FAST.heartbeat)
+        assert not relinked.seen.is_set(), "a link came up while cut"
+        assert a.new_links.empty() and b.new_links.empty()
+        a.mesh.heal(b.node)
+        ab2, ba2 = await a.next_link(b.node), await b.next_link(a.node)
+        await assert_flows(ab2, ba2)
+        await close_all(a, b)
+
+    net.run(main)
+
+
 def test_silent_peer_is_closed_after_peer_timeout(net: Net) -> None:
     async def main() -> None:
         group = Group.new()

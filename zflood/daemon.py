@@ -205,6 +205,7 @@ class Daemon:
                 pub=[f"ipc://{runtime / 'pub.sock'}", *opts.pub],
                 control=[f"ipc://{runtime / 'control.sock'}", *opts.control],
                 status=self.status,
+                link=self._set_link,
             )
             await self.local.start()
             stack.push_async_callback(self.local.close)
@@ -255,6 +256,10 @@ class Daemon:
     def _on_link(self, link: Link) -> None:
         assert self.node is not None
         self.node.connect(link)  # the mesh logs links coming and going
+
+    def _set_link(self, node: bytes, up: bool) -> None:
+        if self.mesh is not None:
+            (self.mesh.heal if up else self.mesh.cut)(node)
 
     def _found(self, node: bytes, endpoint: str) -> None:
         if self.mesh is not None:

@@ -1,10 +1,11 @@
 """`zflood demo`: three real daemons on this machine, told as it happens.
 
 Each daemon is a `zflood run` process with its own state directory, listening on loopback and
-finding the others through Zeroconf. Notes are published and arrive; then c goes offline (as a
-laptop does), a and b go on publishing and c publishes into its outbox while offline; c comes
-back, is found again and catches up both ways. It ends by itself with a summary, and stops
-every process it started.
+finding the others through Zeroconf. Notes are published and arrive. The a-b link is cut (a
+asks its daemon to drop it): a's next note still reaches b, relayed by c; the link heals. Then c
+goes offline (as a laptop does), a and b go on publishing and c publishes into its outbox while
+offline; c comes back, is found again and catches up both ways. It ends by itself with a
+summary, and stops every process it started.
 """
 
 from __future__ import annotations
@@ -126,6 +127,15 @@ def demo(seconds: float = 60.0) -> int:
 
             spread(a, "hello from a", [b, c])
             spread(b, "and from b", [a, c])
+            b_id = b.client.status()["node"]
+            a.client.cut(b_id)
+            wait(lambda: a.connected() == 1 and b.connected() == 1, deadline, "the a-b cut")
+            say("the a-b link is cut (a drops it); a and b are both still linked to c")
+            spread(a, "a, with the a-b link cut", [b])
+            say("  (it went a -> c -> b)")
+            a.client.heal(b_id)
+            wait(lambda: a.connected() == 2 and b.connected() == 2, deadline, "the a-b link")
+            say("the a-b link is healed: a full mesh again")
             say("c goes offline (its daemon stops: mDNS goodbye, links closed)")
             c.stop()
             wait(lambda: a.connected() == 1 and b.connected() == 1, deadline, "c's links to close")

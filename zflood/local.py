@@ -14,6 +14,8 @@ Each time the socket is readable every pending request is handled inside one `no
 so a burst of publishes costs one signature and one frame per peer. ZMQ_MAXMSGSIZE drops a
 request larger than a frame before it is parsed (ZeroMQ then cuts that connection; `Client`
 refuses to send one); anything else that is wrong gets {"ok": false, "error": "..."}.
+Ops: "publish" {body}, "status", "read" {start, limit}, and "link" {node, up}: cut (up false)
+or heal the daemon's link to one peer, which then gets notes only through other members.
 
 `Client.follow(start)` turns this into a gapless stream: it subscribes first, then reads the
 store from `start` until caught up, then takes live notes in index order. A live note past the
@@ -104,6 +106,7 @@ class LocalAPI:
         pub: list[str],
         control: list[str],
         status: Callable[[], dict[str, Any]],
+        link: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         for endpoint in [*pub, *control]:
             _check_endpoint(endpoint)
@@ -112,6 +115,7 @@ class LocalAPI:
         self._want_pub = list(pub)
         self._want_control = list(control)
         self._status = status
+        self._link = link
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_sync: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
@@ -286,7 +290,13 @@ class LocalAPI:
                 notes.append(note_map(note))
                 nxt = note.index + 1
             return {"ok": True, "notes": notes, "next": nxt, "count": self._node.count}
-        raise LocalError(f"unknown op {op!r}: expected publish, status or read")
+        if op == "link" and self._link is not None:
+            node, up = req.get("node"), req.get("up")
+            if not isinstance(node, bytes) or len(node) != 32 or not isinstance(up, bool):
+                raise LocalError("link takes a 32-byte \"node\" and \"up\": true or false")
+            self._link(node, up)
+            return {"ok": True}
+        raise LocalError(f"unknown op {op!r}: expected publish, status, read or link")
 
 
 class Client:
@@ -313,6 +323,14 @@ class Client:
     def status(self) -> Map:
         status: Map = self._request({"op": "status"})["status"]
         return status
+
+    def cut(self, node: bytes | str) -> None:
+        """Have the daemon keep no link with `node` (bytes or hex) until `heal(node)`."""
+        self._request({"op": "link", "node": _node_id(node), "up": False})
+
+    def heal(self, node: bytes | str) -> None:
+        """Undo `cut(node)`: the daemon links with `node` again when it can."""
+        self._request({"op": "link", "node": _node_id(node), "up": True})
 
     def read(self, start: int = 0, limit: int = READ_LIMIT) -> tuple[list[Map], int]:
         """Held notes from local index `start`, at most `limit`: (notes, next index)."""
@@ -461,6 +479,16 @@ def _live(frames: list[bytes]) -> Map | None:
     except LocalError:
         return None
     return note if isinstance(note, dict) and type(note.get("index")) is int else None
+
+
+def _node_id(node: bytes | str) -> bytes:
+    try:
+        raw = bytes.fromhex(node) if isinstance(node, str) else node
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LocalError(f"a node id is 32 bytes (64 hex digits), not {node!r}")
+    return raw
 
 
 def _check_endpoint(endpoint: str) -> None:

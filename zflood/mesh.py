@@ -183,6 +183,7 @@ class Mesh:
         self._nonce = os.urandom(16)  # tells peers this incarnation from the previous one
         self._peers: dict[bytes, _Peer] = {}
         self._by_user: dict[str, _Peer] = {}  # the same peers by the CURVE key they must show
+        self._cut: set[bytes] = set()  # nodes we keep no link with until heal()
         self._knockers: dict[str, tuple[bytes, _Socket]] = {}  # endpoint -> (routing id, dealer)
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
@@ -254,6 +255,9 @@ class Mesh:
             return
         peer = self._peer(node)
         peer.announced = True
+        if node in self._cut:
+            peer.address = peer.address or endpoint  # where heal() dials it
+            return
         # A working DEALER beats a new address: only move one that has no link on it.
         if peer.dealer is None or (peer.address != endpoint and peer.link is None):
             self._connect(peer, endpoint, self._now())
@@ -266,12 +270,37 @@ class Mesh:
             if peer.heard_at is None:
                 self._remove(peer)
 
+    def cut(self, node: bytes) -> None:
+        """Keep no link with `node` until `heal(node)`: BYE, then ignore it. The rest of the
+        mesh goes on, and notes still reach it (and come from it) through other members."""
+        self._cut.add(node)
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        self._drop_link(peer, "cut here", bye=True)
+        peer.heard_at = None
+        if peer.dealer is not None:
+            peer.dealer.close(linger=_BYE_LINGER_MS)
+            peer.dealer = None
+        log.info("cut the link to %s", _short(node))
+
+    def heal(self, node: bytes) -> None:
+        """Undo `cut(node)`: dial it again where it was announced, and hear it again."""
+        if node not in self._cut:
+            return
+        self._cut.discard(node)
+        log.info("healing the link to %s", _short(node))
+        peer = self._peers.get(node)
+        if peer is not None and peer.address:
+            self._connect(peer, peer.address, self._now())
+
     def links(self) -> list[dict[str, str]]:
         rows = [
             {
                 "node": p.node.hex(),
                 "address": p.address,
-                "state": "connected" if p.link is not None else "connecting",
+                "state": "connected" if p.link is not None
+                else "cut" if p.node in self._cut else "connecting",
             }
             for p in self._peers.values()
         ]
@@ -476,6 +505,8 @@ class Mesh:
         if node == self.node:
             self._dialled_ourselves(routing_id, _endpoint(peer_ip, port))
             return
+        if node in self._cut:
+            return
         peer = self._peer(node)
         restarted = peer.nonce is not None and peer.nonce != nonce
         heard_us = peer.they_hear and not restarted
@@ -564,6 +595,8 @@ class Mesh:
     def _tick(self, now: float) -> None:
         timeout = self._config.peer_timeout
         for peer in list(self._peers.values()):
+            if peer.node in self._cut:
+                continue
             if peer.heard_at is None and not peer.announced and now - peer.knocked_at > timeout:
                 self._remove(peer)  # knocked, never dialled us properly, and knocks no more
                 continue
