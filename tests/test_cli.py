@@ -13,27 +13,34 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
+from daemons import (
+    ENV,
+    WAIT,
+    ZFLOOD,
+    Daemons,
+    daemons_fixture,
+    member,
+    short_dir,
+    tmp_fixture,
+    wait_for,
+)
 
-from zflood.daemon import ENDPOINTS, load_group, open_node, read_endpoints, save_group
-from zflood.errors import BadJoinCode, LocalError
+from zflood.daemon import ENDPOINTS, load_group, open_node
+from zflood.errors import BadJoinCode
 from zflood.identity import Group
-from zflood.local import Client
 
-ZFLOOD = [sys.executable, "-m", "zflood"]
 SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo"]
 #: What each subcommand's --help must mention (its options and positionals).
 SUBCOMMAND_ARGS = {
@@ -49,15 +56,11 @@ SUBCOMMAND_ARGS = {
 }
 STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running"}
 QUICK = 10.0  # bound for a command that should answer at once
-WAIT = 10.0  # bound for anything a daemon does on loopback (it takes well under a second)
-
-# The state directory and sockets must come from --state alone, whatever the caller's
-# environment says (systemd variables would move the sockets, or join on start).
-_UNSET = ("ZFLOOD_STATE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY",
-          "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
-ENV = {k: v for k, v in os.environ.items() if k not in _UNSET}
 
 Notes = list[tuple[str, int, str | bytes]]  # (origin hex, seqno, body)
+
+tmp = tmp_fixture("zc")
+daemons = daemons_fixture()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -112,17 +115,6 @@ def assert_usage_error(r: Result) -> None:
     assert "error:" in lines[-1] or lines[-1].startswith("zflood: "), r.err
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # another process's state: there is no event to await
-
-
 def status_json(state: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(ok("status", "--json", state=state).out)
     return data
@@ -144,29 +136,13 @@ def tree_digest(state: Path) -> dict[str, str]:
             for p in sorted(state.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    """A short directory: ipc socket paths must stay under ~107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="zc"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def init(state: Path) -> str:
     """`zflood init` in `state`; returns the join code."""
     return ok("init", state=state).last_line
 
 
-# Setup that is not the behaviour under test is done in-process, as the CLI does it: each
-# subprocess costs ~0.2 s.
-
-
-def member(state: Path, code: str | None = None) -> str:
-    """A member in `state`: of a new group (like `init`), or of `code`'s (like `join`)."""
-    group = Group.new() if code is None else Group.from_join_code(code)
-    save_group(state, group)
-    open_node(state, group).close()
-    return group.join_code
+# Setup that is not the behaviour under test is done in-process, as the CLI does it (`member`
+# too): each subprocess costs ~0.2 s.
 
 
 def put(state: Path, *bodies: str | bytes) -> None:
@@ -189,65 +165,6 @@ def node_id(state: Path) -> str:
         return node.id.hex()
     finally:
         node.close()
-
-
-class Daemon:
-    """`zflood run` on loopback without mDNS; `stop` ends it by PID, bounded."""
-
-    def __init__(self, state: Path, *extra: str) -> None:
-        self.state = state
-        self.log = state.parent / f"{state.name}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*ZFLOOD, "--state", str(state), "run", "--listen", "tcp://127.0.0.1:0",
-                 "--no-discovery", *extra],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=ENV,
-            )
-        ends = wait_for(self._endpoints, WAIT, f"the daemon in {state} to start")
-        self.listen: str = ends["listen"]
-        self.client = Client(ends["control"][0], ends["pub"][0])
-
-    def _endpoints(self) -> dict[str, Any] | None:
-        assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()}"
-        try:
-            ends = read_endpoints(self.state)
-        except LocalError:
-            return None
-        return ends if ends.get("pid") == self.proc.pid else None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        """Signal it and wait; returns its exit code (kills it, and fails, past `timeout`)."""
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"the daemon ignored signal {sig} for {timeout} s") from None
-
-    def kill(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=5)
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., Daemon]]:
-    """Starts daemons; every one still running at the end is killed by PID."""
-    started: list[Daemon] = []
-
-    def start(state: Path, *extra: str) -> Daemon:
-        started.append(Daemon(state, *extra))
-        return started[-1]
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.kill()
-        d.client.close()
 
 
 class LineReader:
@@ -585,7 +502,7 @@ def test_commands_needing_a_group_fail_with_one_line_in_an_empty_state_dir(tmp: 
 
 
 def test_publish_with_a_running_daemon_goes_through_it(tmp: Path,
-                                                       daemons: Callable[..., Daemon]) -> None:
+                                                       daemons: Daemons) -> None:
     state = tmp / "a"
     member(state)
     d = daemons(state)
@@ -606,13 +523,13 @@ def test_publish_with_a_running_daemon_goes_through_it(tmp: Path,
 
 
 def test_status_json_of_a_running_daemon_shows_node_endpoints_peers_and_heads(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     code = member(tmp / "a")
     member(tmp / "b", code)
     put(tmp / "a", "before run")
     a = daemons(tmp / "a")
-    b = daemons(tmp / "b", "--peer", a.listen)
+    b = daemons(tmp / "b", a.listen)
     wait_for(lambda: any(p["state"] == "connected" for p in a.client.status()["peers"]), WAIT,
              "the link from b")
     st = status_json(tmp / "a")
@@ -632,7 +549,7 @@ def test_status_json_of_a_running_daemon_shows_node_endpoints_peers_and_heads(
 
 
 def test_status_answers_with_the_daemon_stopped_and_after_a_kill(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
@@ -654,7 +571,7 @@ def test_status_answers_with_the_daemon_stopped_and_after_a_kill(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_run_stops_cleanly_on_a_signal(sig: int, tmp: Path,
-                                       daemons: Callable[..., Daemon]) -> None:
+                                       daemons: Daemons) -> None:
     state = tmp / "a"
     member(state)
     d = daemons(state)
@@ -700,7 +617,7 @@ def _concurrently(*argvs: list[str], timeout: float) -> list[tuple[Result, float
 
 
 def test_while_a_daemon_runs_a_second_run_export_and_import_fail_with_one_line(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
@@ -737,7 +654,7 @@ def test_while_a_daemon_runs_a_second_run_export_and_import_fail_with_one_line(
 
 
 def test_tail_all_json_prints_history_then_live_notes_one_object_a_line(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
@@ -766,7 +683,7 @@ def test_tail_all_json_prints_history_then_live_notes_one_object_a_line(
 
 
 def test_tail_without_all_prints_only_notes_published_after_it_started(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
@@ -795,7 +712,7 @@ def test_tail_without_all_prints_only_notes_published_after_it_started(
 
 
 def test_tail_with_no_daemon_fails_promptly_with_one_line(
-    tmp: Path, daemons: Callable[..., Daemon]
+    tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
@@ -814,8 +731,7 @@ def test_tail_with_no_daemon_fails_promptly_with_one_line(
 def export_source() -> Iterator[tuple[bytes, str, Notes]]:
     """Members a and b of one group, each with notes; a holds all of them (both origins) and
     exports them. Made once: (the export file's bytes, the join code, a's notes)."""
-    tmp = Path(tempfile.mkdtemp(prefix="zc"))
-    try:
+    with short_dir("zc") as tmp:
         code = member(tmp / "a")
         member(tmp / "b", code)
         put(tmp / "a", "a 0", "a 1", "a 2", b"\x00\x01")
@@ -825,8 +741,6 @@ def export_source() -> Iterator[tuple[bytes, str, Notes]]:
         r = ok("export", tmp / "a.zf", state=tmp / "a")
         assert "6 notes" in r.out, r.out
         yield (tmp / "a.zf").read_bytes(), code, held(tmp / "a")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture

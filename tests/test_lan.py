@@ -5,8 +5,8 @@ heals, and a daemon killed with SIGKILL comes back, relinks and catches up with 
 Each daemon runs inside its host's network namespace (`tests/netns.py`); the test drives and
 watches it from the root namespace through the ipc:// sockets in its state directory (unix
 sockets are not network-namespaced), so the root namespace's network is never used. Waits on
-another process's state poll its status every POLL seconds under a deadline; every process is
-stopped by pid with a bounded wait. Figures (time to link, time to converge after a heal) are
+another process's state poll its status (`daemons.wait_for`) under a deadline; every process
+is stopped by pid with a bounded wait. Figures (time to link, time to converge after a heal) are
 printed: run with `-s` to see them.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,15 +21,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from daemons import (
+    ENV,
+    ZFLOOD,
+    all_notes,
+    cli_group,
+    linked_nodes,
+    log_tail,
+    own_endpoints,
+    run_cli,
+    short_dir,
+)
+from daemons import wait_for as poll_until
 from netns import Lab, lab_fixture
 
 from zflood.config import DEFAULT
-from zflood.daemon import read_endpoints
-from zflood.errors import LocalError
 from zflood.local import Client
 
-ZFLOOD = [sys.executable, "-m", "zflood"]
-POLL = 0.02  # another process's state offers no event to await
 START_TIMEOUT = 20.0  # a daemon writing endpoints.json
 LINK_BOUND = 5.0  # DESIGN: linked within 2 s of starting where peers run; generous here
 SPREAD_TIMEOUT = 10.0  # a note reaching the other hosts over working links
@@ -82,23 +88,15 @@ class HostDaemon:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env=ENV,
             )
         self.started = time.monotonic()
-        ends = self.wait_for(self._own_endpoints, START_TIMEOUT, "its endpoints.json")
+        proc = self.proc
+        ends = self.wait_for(lambda: own_endpoints(self.state, proc, self.log), START_TIMEOUT,
+                             "its endpoints.json")
         self.endpoints = (ends["control"][0], ends["pub"][0])
         self._client = Client(*self.endpoints)
         self.node = self.status()["node"]
-
-    def _own_endpoints(self) -> Map | None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"host {self.index}'s daemon exited {self.proc.returncode}")
-        try:
-            ends = read_endpoints(self.state)
-        except LocalError:
-            return None
-        # A killed incarnation leaves its file behind: only ours counts.
-        return ends if ends.get("pid") == self.proc.pid else None
 
     def stop(self) -> int:
         """SIGTERM, bounded wait (then SIGKILL): its exit code."""
@@ -128,17 +126,11 @@ class HostDaemon:
 
     def connected(self) -> set[str]:
         """Node ids of the peers it has a working link to."""
-        return {p["node"] for p in self.status()["peers"] if p["state"] == "connected"}
+        return linked_nodes(self.client)
 
     def notes(self) -> set[NoteKey]:
         """Every note it holds, read through the control socket."""
-        held: set[NoteKey] = set()
-        start = 0
-        while True:
-            batch, start = self.client.read(start)
-            if not batch:
-                return held
-            held.update(note_key(n) for n in batch)
+        return {note_key(n) for n in all_notes(self.client)}
 
     def publish(self, body: str) -> NoteKey:
         return note_key(self.client.publish(body))
@@ -146,12 +138,8 @@ class HostDaemon:
     def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
         return wait_for(predicate, timeout, f"host {self.index}: {what}", [self])
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+    def log_tail(self) -> str:
+        return log_tail(self.log)
 
 
 def wait_for(
@@ -159,15 +147,8 @@ def wait_for(
     daemons: Sequence[HostDaemon] = (),
 ) -> T:
     """Poll `predicate` until it returns something truthy; on timeout fail with the logs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            logs = "\n".join(f"--- host {d.index} ---\n{d.log_tail()}" for d in daemons)
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(POLL)
+    return poll_until(predicate, timeout, what, lambda: "\n".join(
+        f"--- host {d.index} ---\n{d.log_tail()}" for d in daemons))
 
 
 def all_linked(daemons: Sequence[HostDaemon]) -> bool:
@@ -179,15 +160,6 @@ def converged(daemons: Sequence[HostDaemon], count: int) -> bool:
     """Every daemon holds `count` notes and all have the same heads."""
     statuses = [d.status() for d in daemons]
     return all(s["notes"] == count and s["heads"] == statuses[0]["heads"] for s in statuses)
-
-
-def zflood(state: Path, *args: str) -> str:
-    """The CLI in the root namespace: for commands that touch no network (init, join,
-    publish with no daemon running)."""
-    done = subprocess.run([*ZFLOOD, "--state", str(state), *args], capture_output=True,
-                          text=True, timeout=30, check=False)
-    assert done.returncode == 0, f"zflood {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 class Follower:
@@ -244,13 +216,11 @@ def hosts(lab3: Lab) -> Iterator[list[HostDaemon]]:
     """Three state directories in one group, one per lab host, daemons not yet started.
 
     init and join touch no network, so they run in the root namespace. The directory is short
-    (mkdtemp under /tmp): an ipc socket's path must fit in about 107 bytes.
+    (`short_dir`): an ipc socket's path must fit in about 107 bytes.
     """
-    with tempfile.TemporaryDirectory(prefix="zl") as tmp:
-        states = [Path(tmp) / f"h{i}" for i in range(3)]
-        code = zflood(states[0], "init").splitlines()[-1]
-        for state in states[1:]:
-            zflood(state, "join", code)
+    with short_dir("zl") as tmp:
+        states = [tmp / f"h{i}" for i in range(3)]
+        cli_group(states)
         daemons = [HostDaemon(lab3, i, state) for i, state in enumerate(states)]
         try:
             yield daemons
@@ -385,7 +355,8 @@ def test_kill_9_and_restart(hosts: list[HostDaemon]) -> None:
     wait_for(lambda: all(while_down <= d.notes() for d in (a, b)), SPREAD_TIMEOUT,
              "hosts 0 and 1 to trade notes with host 2 down", hosts)
     # The outbox case: a note published on the stopped host goes out with the next run.
-    out = zflood(victim.state, "publish", "offline on host 2")
+    # The CLI in the root namespace: publish with no daemon running touches no network.
+    out = run_cli(victim.state, "publish", "offline on host 2")
     assert "offline" in out, out
     seqno = int(out.split("#")[1].split()[0])
     published.add((bytes.fromhex(victim.node), seqno, "offline on host 2"))

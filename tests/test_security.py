@@ -12,16 +12,11 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,120 +24,23 @@ import cbor2
 import pytest
 import zmq
 import zmq.asyncio
+from daemons import WAIT, Daemons, Held, daemons_fixture, member, tmp_fixture, wait_for
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from zflood import wire
-from zflood.daemon import open_node, read_endpoints, save_group
-from zflood.errors import LocalError
 from zflood.identity import GENESIS, Group, SigningKey, ed25519_to_x25519_public
-from zflood.local import Client
 from zflood.mesh import _HI, BYE, DATA, HI, Link, Mesh
 from zflood.node import Node
 
-ZFLOOD = [sys.executable, "-m", "zflood"]
-WAIT = 10.0  # bound on anything expected on loopback (it comes well under a second)
-_UNSET = ("ZFLOOD_STATE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY",
-          "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
-ENV = {k: v for k, v in os.environ.items() if k not in _UNSET}
-
-Held = set[tuple[str, int, Any]]  # (origin hex, seqno, body)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # another process's state: there is no event to await
-
-
-def member(state: Path, code: str | None = None) -> str:
-    """What `zflood init` (no code) or `zflood join CODE` leaves in `state`."""
-    group = Group.new() if code is None else Group.from_join_code(code)
-    save_group(state, group)
-    open_node(state, group).close()
-    return group.join_code
-
-
-class Daemon:
-    """`zflood run` on loopback without mDNS, found through its endpoints.json."""
-
-    def __init__(self, state: Path, *peers: str) -> None:
-        self.state = state
-        self.log = state.parent / f"{state.name}.log"
-        argv = [*ZFLOOD, "--state", str(state), "run", "--listen", "tcp://127.0.0.1:0",
-                "--no-discovery"]
-        for peer in peers:
-            argv += ["--peer", peer]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=log, env=ENV)
-        ends = wait_for(self._endpoints, WAIT, f"the daemon in {state} to start")
-        self.listen: str = ends["listen"]
-        self.port = int(self.listen.rpartition(":")[2])
-        self.client = Client(ends["control"][0], ends["pub"][0])
-        status = self.client.status()
-        self.node: str = status["node"]
-        self.group: str = status["group"]
-
-    def _endpoints(self) -> dict[str, Any] | None:
-        assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()}"
-        try:
-            ends = read_endpoints(self.state)
-        except LocalError:
-            return None
-        return ends if ends.get("pid") == self.proc.pid else None
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def held(self) -> Held:
-        out: Held = set()
-        start = 0
-        while True:
-            notes, nxt = self.client.read(start)
-            out |= {(n["origin"].hex(), n["seqno"], n["body"]) for n in notes}
-            if not notes:
-                return out
-            start = nxt
-
-    def has(self, body: str) -> bool:
-        return any(b == body for _, _, b in self.held())
-
-    def linked(self) -> set[str]:
-        return {p["node"] for p in self.client.status()["peers"] if p["state"] == "connected"}
-
-    def stop(self) -> None:
-        """SIGTERM by PID, bounded; a daemon that does not stop in time is killed (and fails)."""
-        self.client.close()
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"daemon in {self.state} ignored SIGTERM") from None
-        assert rc == 0, f"daemon exited {rc}: {self.log.read_text()[-2000:]}"
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    """A short directory: ipc socket paths must stay under ~107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="zs"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+tmp = tmp_fixture("zs")
+start = daemons_fixture()
 
 
 class Group2:
     """Members A and B of one group, B given A as a static peer, linked both ways."""
 
-    def __init__(self, tmp: Path, start: Callable[..., Daemon]) -> None:
+    def __init__(self, tmp: Path, start: Daemons) -> None:
         self.tmp = tmp
         self.code = member(tmp / "a")
         member(tmp / "b", self.code)
@@ -175,26 +73,7 @@ class Group2:
 
 
 @pytest.fixture
-def start(tmp: Path) -> Iterator[Callable[..., Daemon]]:
-    """Starts daemons; each is stopped by PID at the end, pass or fail."""
-    started: list[Daemon] = []
-
-    def go(state: Path, *peers: str) -> Daemon:
-        started.append(Daemon(state, *peers))
-        return started[-1]
-
-    yield go
-    errors = []
-    for d in started:
-        try:
-            d.stop()
-        except AssertionError as e:
-            errors.append(str(e))
-    assert not errors, errors
-
-
-@pytest.fixture
-def ab(tmp: Path, start: Callable[..., Daemon]) -> Group2:
+def ab(tmp: Path, start: Daemons) -> Group2:
     return Group2(tmp, start)
 
 
@@ -220,7 +99,7 @@ def test_linked_members_exchange_notes_both_ways(ab: Group2) -> None:
 
 
 def test_a_daemon_of_another_group_dialling_both_gets_nothing_and_plants_nothing(
-    ab: Group2, start: Callable[..., Daemon]
+    ab: Group2, start: Daemons
 ) -> None:
     member(ab.tmp / "c")  # another group: another code
     c = start(ab.tmp / "c", ab.a.listen, ab.b.listen)
