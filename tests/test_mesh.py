@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+from logwatch import LogWatch
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
@@ -147,30 +147,6 @@ async def assert_flows(x: Watched, y: Watched, n: int = 3) -> None:
         y.link.send(tag + b"y%d" % i)
     assert await y.recv(n) == [tag + b"x%d" % i for i in range(n)]
     assert await x.recv(n) == [tag + b"y%d" % i for i in range(n)]
-
-
-class LogWatch(logging.Handler):
-    """Sets an event when zflood.mesh logs a message containing `needle`."""
-
-    def __init__(self, needle: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.needle = needle
-        self.seen = asyncio.Event()
-        self.logger = logging.getLogger("zflood.mesh")
-
-    def __enter__(self) -> LogWatch:
-        self.old_level = self.logger.level
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self.old_level)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.needle in record.getMessage():
-            self.seen.set()
 
 
 class Handshakes:

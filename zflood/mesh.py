@@ -512,6 +512,7 @@ class Mesh:
         heard_us = peer.they_hear and not restarted
         if restarted:
             self._drop_link(peer, "peer restarted", bye=False, now=now)
+            peer.retry_at = now  # a new incarnation, not a flapping link: relink at once
         peer.nonce = nonce
         peer.seen_at = _endpoint(peer_ip, port)
         if hears == KNOCK:
