@@ -4,6 +4,7 @@ converge; a note published with the CLI on one reaches a plain pyzmq SUB on anot
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -91,3 +92,14 @@ def test_the_demo_runs_to_its_summary() -> None:
                          timeout=90, env=ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every daemon holds the same" in out.stdout and out.stdout.rstrip().endswith("True")
+    for step in ("every daemon is linked to the other two", "the a-b link is cut",
+                 "b has a's 'a, with the a-b link cut'", "the a-b link is healed",
+                 "c goes offline", "c publishes offline", "c is linked again"):
+        assert step in out.stdout, f"the demo did not tell {step!r}:\n{out.stdout}"
+    # every daemon it started is gone (their state directories are named zflood-demo-*)
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"zflood-demo-" in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+    assert not left, f"the demo left daemons running: pids {left}"
