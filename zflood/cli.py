@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--all", action="store_true", help="start from the first note held")
     t.add_argument("--json", action="store_true", help="one JSON object a line")
 
-    s = sub.add_parser("status", help="node, group, peers, heads, counts, endpoints")
+    s = sub.add_parser("status", help="node, group, peers, heads, counts, endpoints, join code")
     s.add_argument("--json", action="store_true", help="as JSON")
 
     e = sub.add_parser("export", help="write every note, signed, to FILE (daemon stopped)")
