@@ -724,6 +724,22 @@ def test_tail_with_no_daemon_fails_promptly_with_one_line(
     assert time.monotonic() - start < 3.0, "tail waited for a daemon whose pid is dead"
 
 
+def test_a_reused_pid_in_stale_endpoints_does_not_pass_for_a_daemon(tmp: Path) -> None:
+    """After a kill -9 and a reboot, endpoints.json may name a pid that now belongs to another
+    process: publish still goes into the store and status says the daemon is stopped."""
+    state = tmp / "a"
+    member(state)
+    (state / ENDPOINTS).write_text(json.dumps({
+        "pid": os.getpid(), "listen": "tcp://127.0.0.1:1",
+        "pub": [f"ipc://{state}/pub.sock"], "control": [f"ipc://{state}/control.sock"],
+    }))
+    start = time.monotonic()
+    assert "offline" in ok("publish", "into the store", state=state).out
+    assert status_json(state)["running"] is False
+    assert time.monotonic() - start < 3.0, "the CLI waited for a daemon that is not there"
+    assert [b for _, _, b in held(state)] == ["into the store"]
+
+
 # -- export / import ---------------------------------------------------------------------------
 
 
@@ -833,7 +849,7 @@ def test_an_export_cut_between_two_batches_is_reported_as_damaged(
     (tmp / "cut.zf").write_bytes(data[: spans[1][1]])
     member(tmp / "c", code)
     r = zflood("import", tmp / "cut.zf", state=tmp / "c")
-    assert_one_line_error(r)
+    assert "ends early" in assert_one_line_error(r)
 
 
 def _field_offsets(data: bytes) -> dict[str, int]:

@@ -340,3 +340,29 @@ def test_a_request_sent_before_the_peer_got_our_hello_is_asked_again_at_once() -
             cb.feed(frame)
         delivered[0] = len(ca.sent)
     assert b.heads == a.heads
+
+
+def test_an_import_skips_the_rest_of_a_forked_origin_and_takes_the_others() -> None:
+    """The importer holds one branch of a forked origin X, the export the other, longer one,
+    cut into several batches, then origin Y: the fork is recorded, X's later batches are
+    skipped (as from a peer), and Y arrives."""
+    small = Config(batch_notes=2)
+    x = Node(config=small)
+    x_again = Node(x.pickle(), config=small)  # same key: a second incarnation, forking
+    for i in range(5):
+        x.publish(f"x {i}")
+    for i in range(3):
+        x_again.publish(f"x again {i}")
+    y = Node()
+    y.publish("y 0")
+    y.publish("y 1")
+    for batch in y.export():
+        x.import_notes(batch)
+    importer = Node()
+    for batch in x_again.export():
+        importer.import_notes(batch)
+    batches = list(x.export())
+    assert [b.origin for b in batches].count(x.id) == 3  # several batches of X, then Y
+    assert sum(importer.import_notes(b) for b in batches) == 2  # Y's two notes
+    assert importer.heads == {x.id: 3, y.id: 2}
+    assert [f.origin for f in importer.forks] == [x.id]

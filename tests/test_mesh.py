@@ -523,3 +523,43 @@ def test_restarted_peer_gets_a_fresh_link(net: Net, same_port: bool) -> None:
         await close_all(a, b)
 
     net.run(main)
+
+
+def test_a_static_peer_that_restarts_on_another_port_is_relinked_at_once(net: Net) -> None:
+    """a has b as a static peer (`--peer`), b knows nothing of a; a dies without a BYE and
+    comes back on a new port: b moves its DEALER there on a's first knock."""
+    async def main() -> None:
+        group, key = Group.new(), SigningKey()
+        a = await net.member(group, key=key)
+        b = await net.member(group)
+        a.mesh.dial(b.endpoint)
+        await a.next_raw(b.node)
+        await b.next_raw(a.node)
+        for peer in a.mesh._peers.values():  # as kill -9 looks from outside: no BYE
+            if peer.dealer is not None:
+                peer.dealer.close(linger=0)
+                peer.dealer = None
+        a.mesh._peers.clear()
+        a.mesh._by_user.clear()
+        await a.mesh.close()
+        again = await net.member(group, key=key)
+        t0 = time.monotonic()
+        again.mesh.dial(b.endpoint)
+        await b.next_raw(a.node)
+        took = time.monotonic() - t0
+        print(f"relinked after {1000 * took:.0f} ms (peer_timeout {FAST.peer_timeout} s)")
+        assert took < FAST.peer_timeout / 2
+
+    net.run(main)
+
+
+def test_a_stale_announced_address_gives_way_to_a_static_peers_knock(net: Net) -> None:
+    """b holds a lingering mDNS record of a at a dead address; a dials b as a static peer."""
+    async def main() -> None:
+        a, b = await net.members_of(Group.new(), 2)
+        b.mesh.dial("tcp://127.0.0.1:9", a.node)  # the discard port: nothing listens
+        a.mesh.dial(b.endpoint)
+        await a.next_raw(b.node)
+        await b.next_raw(a.node)
+
+    net.run(main)

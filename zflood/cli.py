@@ -174,14 +174,17 @@ def _client(state: Path) -> Any:
 
 
 def _daemon_running(state: Path) -> bool:
-    from .daemon import ENDPOINTS
+    from .daemon import ENDPOINTS, STORE
+    from .store import in_use
 
     try:
         pid = json.loads((state / ENDPOINTS).read_text())["pid"]
         os.kill(pid, 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return True
+    # The pid is alive, but it may have been reused (a kill -9, then a reboot): the daemon
+    # is the process holding the store's lock.
+    return in_use(state / STORE)
 
 
 def cmd_publish(state: Path, args: argparse.Namespace) -> int:
@@ -297,6 +300,7 @@ def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
     """The batches of an export, checked as far as the file can be: damage shows as a
     LocalError, at the latest when the end mark is missing or its count is wrong."""
     count = 0
+    follows: dict[bytes, int] = {}  # origin -> where its next batch must start
     with open(path, "rb") as f:
         try:
             header = cbor2.load(f)
@@ -312,13 +316,18 @@ def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
                 if isinstance(item, dict) and EXPORT_END in item:
                     break
                 msg = wire.decode(cbor2.dumps(item))
-            except EOFError:
+            except (EOFError, cbor2.CBORDecodeEOF):
                 raise LocalError(f"{path} is damaged: it ends early, after {count} notes "
                                  "(a copy cut short?)") from None
             except Exception as e:
                 raise LocalError(f"{path} is damaged: {e}") from None
             if not isinstance(msg, wire.Notes):
                 raise LocalError(f"{path} is damaged: a {type(msg).__name__} among the notes")
+            # An export writes each origin's log whole, in order, from its first note.
+            if msg.start != follows.get(msg.origin, 0):
+                raise LocalError(f"{path} is damaged: a batch of {msg.origin.hex()[:8]} starts "
+                                 f"at {msg.start}, not {follows.get(msg.origin, 0)}")
+            follows[msg.origin] = msg.start + len(msg.bodies)
             count += len(msg.bodies)
             yield msg
         if item[EXPORT_END] != count or f.read(1):

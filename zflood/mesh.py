@@ -520,7 +520,12 @@ class Mesh:
             # own DEALER, so a DEALER of its that went deaf (its routing id handed over to
             # another connection, say) shows as silence, not hidden behind the knocks.
             peer.knocked_at = now
-            if peer.dealer is None:
+            # Our DEALER may aim at an old address (it restarted on another port, or a stale
+            # mDNS record): unless it has a link, move it to where the knock came from.
+            stale = peer.link is None and peer.address != peer.seen_at and (
+                restarted or now - peer.heard_us_at > self._config.peer_timeout
+            )
+            if peer.dealer is None or stale:
                 self._connect(peer, peer.seen_at, now)
             elif restarted:
                 self._send_hi_to(peer)

@@ -338,6 +338,10 @@ class Node:
         not check out raises `LocalError`; a fork is recorded as if a peer had sent it."""
         self._check_open()
         have = self._count.get(batch.origin, 0)
+        if any(fork.origin == batch.origin for fork in self.forks) and (
+            batch.start > have or batch.prev != self._id_at(batch.origin, batch.start - 1, have)
+        ):
+            return 0  # more of a forked origin's other branch: skipped, as from a peer
         if batch.start > have:  # a peer's gap is asked again; a file's is lost for good
             raise LocalError(f"notes {have}..{batch.start - 1} of {_h(batch.origin)} are missing "
                              "before this batch")

@@ -228,3 +228,23 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def in_use(path: str | os.PathLike[str]) -> bool:
+    """Whether a process holds the store at `path` open (a daemon, or an export running).
+    Asks SQLite's own lock, so a stale pid file or a reused pid cannot mislead it."""
+    if not os.path.exists(path):
+        return False
+    old = os.umask(0o077)  # as in Store: anything SQLite creates beside it stays private
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")  # no -shm file; let go at close
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            db.close()
+    except sqlite3.OperationalError as e:
+        return "locked" in str(e)
+    finally:
+        os.umask(old)
+    return False
