@@ -28,7 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from zflood.config import Config
 from zflood.errors import LocalError
 from zflood.identity import Group, SigningKey, ed25519_to_x25519_public, x25519_public
-from zflood.mesh import _HI, DATA, HI, Link, Mesh
+from zflood.mesh import DATA, HI, MESH_VERSION, Link, Mesh, hi_payload
 
 FAST = Config(heartbeat=0.1, peer_timeout=1.0, reconnect=0.1)
 WAIT = 5.0  # bound on any single wait; every expected event comes far sooner on loopback
@@ -285,7 +285,7 @@ def test_plain_dealer_gets_nothing_and_mesh_keeps_serving(net: Net) -> None:
         plain.linger = 0
         handshakes = Handshakes(plain)
         plain.connect(a.endpoint)
-        plain.send_multipart([HI, _HI.pack(os.urandom(32), 1, os.urandom(16), 1)])
+        plain.send_multipart([HI, hi_payload(os.urandom(32), 1, os.urandom(16), 1)])
         plain.send_multipart([DATA, b"hello?"])
         await handshakes.failures(1)  # a NULL client does not retry a mechanism mismatch
         with pytest.raises(zmq.Again):  # nothing ever comes back
@@ -334,7 +334,7 @@ def test_member_claiming_another_node_id_is_ignored(net: Net) -> None:
         liar = curve_dealer(a.ctx, a.group.curve_server_public, b"liar")
         liar.connect(a.endpoint)
         with LogWatch("came with key") as lie:
-            liar.send_multipart([HI, _HI.pack(b.node, b.mesh.port, os.urandom(16), 1)])
+            liar.send_multipart([HI, hi_payload(b.node, b.mesh.port, os.urandom(16), 1)])
             await asyncio.wait_for(lie.seen.wait(), WAIT)
         liar.close()
         # An impostor takes b's routing id: its frames are dropped. libzmq leaves b's own
@@ -349,6 +349,27 @@ def test_member_claiming_another_node_id_is_ignored(net: Net) -> None:
         await assert_flows(await a.next_link(b.node), await b.next_link(a.node))
         assert ab.frames.empty()
         await close_all(a, b)
+
+    net.run(main)
+
+
+def test_a_hi_of_another_mesh_version_is_ignored(net: Net) -> None:
+    async def main() -> None:
+        a = await net.member(Group.new())
+        key = SigningKey()  # a member's own key, so the HI passes the key check
+        future = a.ctx.socket(zmq.DEALER)
+        future.linger = 0
+        future.curve_serverkey = z85.encode(a.group.curve_server_public)
+        future.curve_secretkey = z85.encode(key.curve_secret())
+        future.curve_publickey = z85.encode(x25519_public(key.curve_secret()))
+        future.connect(a.endpoint)
+        hi = bytearray(hi_payload(key.public, 1, os.urandom(16), 1))
+        hi[0] = MESH_VERSION + 1
+        with LogWatch(f"HI of mesh version {MESH_VERSION + 1}") as ignored:
+            future.send_multipart([HI, bytes(hi)])
+            await asyncio.wait_for(ignored.seen.wait(), WAIT)
+        future.close()
+        assert a.mesh.links() == [] and a.new_links.empty()
 
     net.run(main)
 

@@ -30,7 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zflood import wire
 from zflood.identity import GENESIS, Group, SigningKey, ed25519_to_x25519_public
-from zflood.mesh import _HI, BYE, DATA, HI, Link, Mesh
+from zflood.mesh import BYE, DATA, HI, Link, Mesh, hi_payload
 from zflood.node import Node
 
 tmp = tmp_fixture("zs")
@@ -179,7 +179,7 @@ def _event(monitor: zmq.Socket[bytes]) -> str:
 
 
 def _hi(node: bytes, port: int, hears: bool = True) -> bytes:
-    return _HI.pack(node, port, os.urandom(16), int(hears))
+    return hi_payload(node, port, os.urandom(16), int(hears))
 
 
 def _messages(group: Group, claim: bytes, port: int) -> tuple[bytes, list[list[bytes]]]:

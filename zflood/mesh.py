@@ -54,7 +54,8 @@ from .identity import Group, SigningKey, ed25519_to_x25519_public, x25519_public
 log = logging.getLogger("zflood.mesh")
 
 HI, DATA, BYE = b"H", b"D", b"B"
-_HI = struct.Struct("!32sH16sB")  # node id, ROUTER port, session nonce, hears
+_HI = struct.Struct("!B32sH16sB")  # mesh version, node id, ROUTER port, session nonce, hears
+MESH_VERSION = 1  # of HI/DATA/BYE framing; the engine's HELLO carries the protocol's own
 NOT_HEARING, HEARING, KNOCK = 0, 1, 2  # the "hears" byte; KNOCK: a knocker's, says nothing
 ZAP_DOMAIN = b"zflood"
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -63,6 +64,11 @@ _BYE_LINGER_MS = 200
 _BURST = 1000  # most messages handled in one batch before the loop gets a turn
 
 _Socket = zmq.Socket[bytes]
+
+
+def hi_payload(node: bytes, port: int, nonce: bytes, hears: int) -> bytes:
+    """The body of a HI message (after the kind frame HI)."""
+    return _HI.pack(MESH_VERSION, node, port, nonce, hears)
 
 
 def _short(node: bytes) -> str:
@@ -381,7 +387,7 @@ class Mesh:
                 peer.dealer.send_multipart(message, zmq.NOBLOCK)
 
     def _send_hi(self, dealer: _Socket, hears: int) -> None:
-        hi = _HI.pack(self.node, self._port, self._nonce, hears)
+        hi = hi_payload(self.node, self._port, self._nonce, hears)
         with contextlib.suppress(zmq.Again):
             dealer.send_multipart([HI, hi], zmq.NOBLOCK)
 
@@ -469,7 +475,10 @@ class Mesh:
             return  # not from an authenticated connection: cannot happen on a CURVE server
         kind = frames[1].bytes
         if kind == HI and len(frames) == 3 and len(frames[2]) == _HI.size:
-            node, port, nonce, hears = _HI.unpack(frames[2].bytes)
+            version, node, port, nonce, hears = _HI.unpack(frames[2].bytes)
+            if version != MESH_VERSION:
+                log.debug("ignored a HI of mesh version %d from %s", version, peer_ip)
+                return
             if hears <= KNOCK and port:
                 self._on_hi(routing_id, user_id, peer_ip, node, port, nonce, hears, now)
                 return
