@@ -231,18 +231,29 @@ class LocalAPI:
             except zmq.ZMQError as e:  # the context went away under us: nothing to serve
                 log.warning("local control socket stopped: %s", e)
                 return
+            replies: list[list[bytes]] = []
             with self._node.batch():
                 for _ in range(BURST):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._answer(sock, frames)
+                    reply = self._answer(frames)
+                    if reply is not None:
+                        replies.append(reply)
+            # Replies go after the batch has pushed new notes to peers: they wait for nothing.
+            for reply in replies:
+                try:
+                    # ROUTER drops a reply to a peer that left or whose queue is full
+                    sock.send_multipart(reply, zmq.NOBLOCK)
+                except zmq.ZMQError as e:
+                    log.debug("local API: reply not sent: %s", e)
             await asyncio.sleep(0)  # a full burst must not starve the rest of the loop
 
-    def _answer(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _answer(self, frames: list[bytes]) -> list[bytes] | None:
+        """The reply to one request (its envelope, then the CBOR map), or None."""
         if len(frames) < 2:
-            return  # a ROUTER always puts the peer's id first: nothing to answer
+            return None  # a ROUTER always puts the peer's id first: nothing to answer
         req: Any = None
         try:
             req = _decode(frames[-1])
@@ -260,11 +271,7 @@ class LocalAPI:
             log.exception("local API: cannot encode a reply")
             data = cbor2.dumps({"ok": False, "error": _line(f"cannot encode the reply: {e}"),
                                 **({"id": reply["id"]} if "id" in reply else {})})
-        try:
-            # ROUTER drops a reply to a peer that left or whose queue is full: never blocks
-            sock.send_multipart([*frames[:-1], data], zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            log.debug("local API: reply not sent: %s", e)
+        return [*frames[:-1], data]
 
     def _handle(self, req: Any) -> Map:
         if not isinstance(req, dict):
