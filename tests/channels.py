@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from zflood import wire
+from zflood import Node, wire
 
 
 class ManualChannel:
@@ -42,3 +42,13 @@ class ManualChannel:
 
     def messages(self) -> list[wire.Message]:
         return [wire.decode(f) for f in self.sent]
+
+
+def linked(a: Node, b: Node) -> tuple[ManualChannel, ManualChannel]:
+    """Connect `a` and `b` over two ManualChannels and trade their hellos: (a's end, b's)."""
+    ca, cb = ManualChannel(), ManualChannel()
+    a.connect(ca)
+    b.connect(cb)
+    ca.feed(cb.sent[0])
+    cb.feed(ca.sent[0])
+    return ca, cb

@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from zflood.daemon import open_node, read_endpoints, save_group
-from zflood.errors import LocalError
+from zflood.daemon import endpoints_of, open_node, save_group
 from zflood.identity import Group
 from zflood.local import Client
 
@@ -119,11 +118,7 @@ def own_endpoints(state: Path, proc: subprocess.Popen[Any], log: Path) -> Map | 
     if proc.poll() is not None:
         raise AssertionError(f"the daemon in {state} exited {proc.returncode}: "
                              f"{log_tail(log)}")
-    try:
-        ends = read_endpoints(state)
-    except LocalError:
-        return None
-    return ends if ends.get("pid") == proc.pid else None
+    return endpoints_of(state, proc.pid)
 
 
 def linked_nodes(client: Client) -> set[str]:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from channels import ManualChannel
+from channels import ManualChannel, linked
 
 from zflood import Config, LocalError, Node, NodeClosed, wire
 from zflood.identity import SigningKey
@@ -139,11 +139,7 @@ def test_publishes_in_a_batch_leave_as_one_signed_frame() -> None:
 
 def test_received_pushes_in_a_batch_are_verified_once() -> None:
     a, b = Node(), Node()
-    ca, cb = ManualChannel(), ManualChannel()
-    a.connect(ca)
-    b.connect(cb)
-    ca.feed(cb.sent[0])
-    cb.feed(ca.sent[0])
+    ca, cb = linked(a, b)
     ca.sent.clear()
     for i in range(10):
         a.publish(f"n{i}")
@@ -179,11 +175,7 @@ def test_forged_note_closes_the_channel_and_stores_nothing(
 
 def test_altered_note_closes_the_channel() -> None:
     a, b = Node(), Node()
-    ca, cb = ManualChannel(), ManualChannel()
-    a.connect(ca)
-    b.connect(cb)
-    ca.feed(cb.sent[0])
-    cb.feed(ca.sent[0])
+    ca, cb = linked(a, b)
     a.publish("pay 10")
     push = wire.decode(ca.sent[-1])
     assert isinstance(push, wire.Notes)

@@ -29,7 +29,7 @@ import cbor2
 import zmq
 
 from zflood import wire
-from zflood.daemon import open_node, read_endpoints, save_group
+from zflood.daemon import endpoints_of, open_node, read_endpoints, save_group
 from zflood.identity import Group
 from zflood.local import Client
 
@@ -63,11 +63,7 @@ class Daemon:
     def _ends(self) -> dict[str, Any] | None:
         if self.proc.poll() is not None:
             raise SystemExit(f"daemon exited: see {self.state / 'log'}")
-        try:
-            ends = read_endpoints(self.state)
-        except Exception:
-            return None
-        return ends if ends.get("pid") == self.proc.pid else None
+        return endpoints_of(self.state, self.proc.pid)
 
     def count(self) -> int:
         return int(self.client.status()["notes"])

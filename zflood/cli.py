@@ -14,12 +14,17 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
 from . import __version__, wire
 from .errors import BadJoinCode, LocalError, ZfloodError
+
+if TYPE_CHECKING:  # the commands import what they need when they run: a quick --help
+    from .identity import Group
+    from .local import Client
+    from .node import Node
 
 
 class BadArgument(LocalError):
@@ -104,38 +109,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_init(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import load_group, open_node, save_group
+    from .daemon import load_group
     from .identity import Group
 
     if load_group(state) is not None:
         raise LocalError(f"{state} already belongs to a group (its join code: zflood status)")
     group = Group.new()
-    # The store first: if it belongs to another group (its group.key lost), nothing changes.
-    node = open_node(state, group)
-    try:
-        save_group(state, group)
-    finally:
-        node.close()
-    print(f"node {node.id.hex()} started group {group.id.hex()} in {state}")
+    node = _enter(state, group)
+    print(f"node {node.hex()} started group {group.id.hex()} in {state}")
     print("join the other machines with: zflood join CODE, where CODE is:")
     print(group.join_code)
     return 0
 
 
 def cmd_join(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import check_group, save_group
+    from .daemon import check_group
     from .identity import Group
 
     group = Group.from_join_code(args.code)
     check_group(state, group)
-    # The store first: if it belongs to another group (its group.key lost), nothing changes.
+    node = _enter(state, group)
+    print(f"node {node.hex()} joined group {group.id.hex()}; now: zflood run")
+    return 0
+
+
+def _enter(state: Path, group: Group) -> bytes:
+    """Make `state` a member of `group`; returns its node id. The store is opened first: if
+    it belongs to another group (its group.key lost), nothing is written."""
+    from .daemon import save_group
+
     node = _open(state, group)
     try:
         save_group(state, group)
     finally:
         node.close()
-    print(f"node {node.id.hex()} joined group {group.id.hex()}; now: zflood run")
-    return 0
+    return node.id
 
 
 def cmd_run(state: Path, args: argparse.Namespace) -> int:
@@ -163,7 +171,7 @@ def cmd_run(state: Path, args: argparse.Namespace) -> int:
     return run(state, options)
 
 
-def _client(state: Path) -> Any:
+def _client(state: Path) -> Client:
     from .daemon import read_endpoints
     from .local import Client
 
@@ -199,8 +207,8 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
         body = args.text.encode() if args.binary else args.text
     if _daemon_running(state):
         with _client(state) as client:
-            note = client.publish(body)
-        print(f"published #{note['seqno']} (index {note['index']})")
+            sent = client.publish(body)
+        print(f"published #{sent['seqno']} (index {sent['index']})")
         return 0
     # No daemon: publish straight into the store; it leaves with the next `zflood run`.
     node = _offline_node(state)
@@ -210,7 +218,7 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_node(state: Path) -> Any:
+def _offline_node(state: Path) -> Node:
     from .daemon import STORE, load_group
 
     group = load_group(state)
@@ -219,7 +227,7 @@ def _offline_node(state: Path) -> Any:
     return _open(state, group)
 
 
-def _open(state: Path, group: Any) -> Any:
+def _open(state: Path, group: Group) -> Node:
     from .daemon import open_node
 
     try:

@@ -138,6 +138,16 @@ def read_endpoints(state: Path) -> dict[str, Any]:
     return data
 
 
+def endpoints_of(state: Path, pid: int) -> dict[str, Any] | None:
+    """`read_endpoints`, once the daemon with this `pid` has written them; None before. A
+    killed daemon leaves its file behind: only the one naming this pid counts."""
+    try:
+        ends = read_endpoints(state)
+    except LocalError:
+        return None
+    return ends if ends.get("pid") == pid else None
+
+
 # -- systemd ---------------------------------------------------------------------------------
 
 

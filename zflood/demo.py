@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .daemon import read_endpoints
+from .daemon import endpoints_of
 from .errors import LocalError
 from .local import Client
 
@@ -57,11 +57,7 @@ class Member:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise LocalError(f"daemon {self.name} exited; its log: {self.log}")
-        try:
-            ends = read_endpoints(self.state)
-        except LocalError:
-            return None
-        return ends if ends.get("pid") == self.proc.pid else None
+        return endpoints_of(self.state, self.proc.pid)
 
     def stop(self) -> None:
         if self.client is not None:
