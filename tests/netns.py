@@ -560,7 +560,7 @@ class Lab:
         d = Path(self._tmp.name) / f"avahi-h{i}"
         (d / "run").mkdir(parents=True)
         bus = d / "system_bus_socket"
-        (d / "dbus.conf").write_text(_DBUS_CONF.format(socket=bus))
+        (d / "dbus.conf").write_text(DBUS_CONF.format(socket=bus))
         (d / "avahi-daemon.conf").write_text(
             _AVAHI_CONF.format(
                 host_name=f"zfl-h{i}", ifname=h.ifname, ipv6="yes" if use_ipv6 else "no"
@@ -695,7 +695,7 @@ class Lab:
 
 # A bus that lets anyone own any name and send anything: it is reachable only through a
 # socket in the lab's private temporary directory, by root, inside one test.
-_DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from logwatch import LogWatch
+from netns import DBUS_CONF
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -299,17 +300,6 @@ def test_discovery_across_processes_in_a_namespace(netns: str) -> None:
     run(main)
 
 
-_DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={bus}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
 _AVAHI_CONF = """[server]
 use-ipv6=no
 allow-interfaces=lo
@@ -336,7 +326,7 @@ async def avahi(ns: str) -> AsyncIterator[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="zft-avahi-") as tmp:
         os.chmod(tmp, 0o755)  # avahi-daemon, no longer root, must reach the bus socket
         bus = f"{tmp}/bus"
-        Path(f"{tmp}/dbus.conf").write_text(_DBUS_CONF.format(bus=bus))
+        Path(f"{tmp}/dbus.conf").write_text(DBUS_CONF.format(socket=bus))
         Path(f"{tmp}/avahi.conf").write_text(_AVAHI_CONF)
         env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={bus}"}
         dbus = await Proc.start(ns, "dbus-daemon", f"--config-file={tmp}/dbus.conf", "--nofork",
