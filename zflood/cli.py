@@ -171,28 +171,29 @@ def cmd_run(state: Path, args: argparse.Namespace) -> int:
     return run(state, options)
 
 
-def _client(state: Path) -> Client:
-    from .daemon import read_endpoints
+def _client(state: Path, ends: dict[str, Any] | None = None) -> Client:
+    """A client of the daemon running in `state` (whose endpoints `_running` returned)."""
     from .local import Client
 
-    if not _daemon_running(state):  # a kill -9 leaves endpoints.json naming a dead pid
+    ends = ends or _running(state)
+    if ends is None:
         raise LocalError(f"no zflood daemon is running in {state} (start one: zflood run)")
-    ends = read_endpoints(state)
     return Client(ends["control"][0], ends["pub"][0])
 
 
-def _daemon_running(state: Path) -> bool:
-    from .daemon import ENDPOINTS, STORE
+def _running(state: Path) -> dict[str, Any] | None:
+    """The endpoints of the daemon running in `state`, or None if none runs."""
+    from .daemon import STORE, read_endpoints
     from .store import in_use
 
     try:
-        pid = json.loads((state / ENDPOINTS).read_text())["pid"]
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        ends = read_endpoints(state)
+        os.kill(ends["pid"], 0)
+    except (LocalError, OSError, KeyError, TypeError):
+        return None  # a kill -9 leaves endpoints.json naming a dead pid
     # The pid is alive, but it may have been reused (a kill -9, then a reboot): the daemon
     # is the process holding the store's lock.
-    return in_use(state / STORE)
+    return ends if in_use(state / STORE) else None
 
 
 def cmd_publish(state: Path, args: argparse.Namespace) -> int:
@@ -205,38 +206,38 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
             raise LocalError("stdin is not UTF-8 text; pass --binary to publish bytes") from None
     else:
         body = args.text.encode() if args.binary else args.text
-    if _daemon_running(state):
-        with _client(state) as client:
+    ends = _running(state)
+    if ends:
+        with _client(state, ends) as client:
             sent = client.publish(body)
         print(f"published #{sent['seqno']} (index {sent['index']})")
         return 0
     # No daemon: publish straight into the store; it leaves with the next `zflood run`.
-    node = _offline_node(state)
+    node, _ = _offline_node(state)
     note = node.publish(body)
     node.close()
     print(f"published #{note.seqno} offline (index {note.index}); it goes out with zflood run")
     return 0
 
 
-def _offline_node(state: Path) -> Node:
+def _offline_node(state: Path) -> tuple[Node, Group]:
     from .daemon import STORE, load_group
 
     group = load_group(state)
     if group is None or not (state / STORE).exists():
         raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
-    return _open(state, group)
+    return _open(state, group), group
 
 
 def _open(state: Path, group: Group) -> Node:
     from .daemon import open_node
+    from .errors import StoreInUse
 
     try:
         return open_node(state, group)
-    except LocalError as e:
-        if "locked" in str(e):
-            raise LocalError(f"{state} is in use by a running zflood daemon: stop it first, "
-                             "or talk to it (zflood publish, tail, status)") from None
-        raise
+    except StoreInUse:
+        raise LocalError(f"{state} is in use by a running zflood daemon: stop it first, "
+                         "or talk to it (zflood publish, tail, status)") from None
 
 
 def cmd_tail(state: Path, args: argparse.Namespace) -> int:
@@ -259,20 +260,18 @@ def _note_line(note: dict[str, Any], as_json: bool) -> str:
 
 
 def cmd_status(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import load_group
+    from .daemon import load_group, node_status
 
-    if _daemon_running(state):
-        with _client(state) as client:
+    ends = _running(state)
+    if ends:
+        with _client(state, ends) as client:
             status = dict(client.status(), running=True)
+        group = load_group(state)
     else:
-        node = _offline_node(state)
-        status = {
-            "node": node.id.hex(), "group": node.group.hex(), "running": False,
-            "listen": None, "pub": [], "control": [], "peers": [], "notes": node.count,
-            "heads": {o.hex(): c for o, c in node.heads.items()}, "forks": len(node.forks),
-        }
+        node, group = _offline_node(state)
+        status = {**node_status(node), "running": False, "listen": None, "pub": [],
+                  "control": [], "peers": []}
         node.close()
-    group = load_group(state)
     status["code"] = group.join_code if group else None  # what `zflood join` on another needs
     if args.json:
         print(json.dumps(status, indent=2))
@@ -289,7 +288,7 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_export(state: Path, args: argparse.Namespace) -> int:
-    node = _offline_node(state)
+    node, _ = _offline_node(state)
     count = 0
     try:
         with open(args.file, "wb") as f:
@@ -343,7 +342,7 @@ def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
 
 
 def cmd_import(state: Path, args: argparse.Namespace) -> int:
-    node = _offline_node(state)
+    node, _ = _offline_node(state)
     new = 0
     try:
         for batch in _read_export(args.file, node.group):

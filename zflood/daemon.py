@@ -293,19 +293,25 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None and self.mesh is not None and self.local is not None
-        node = self.node
         return {
-            "node": node.id.hex(),
-            "group": node.group.hex(),
+            **node_status(self.node),
             "listen": self.listen,
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,
             "peers": self.mesh.links(),
-            "notes": node.count,
-            "heads": {origin.hex(): count for origin, count in node.heads.items()},
-            "forks": len(node.forks),
             "discovery": self.discovery is not None,
         }
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    """What `status` says of the node itself, with the daemon running or not."""
+    return {
+        "node": node.id.hex(),
+        "group": node.group.hex(),
+        "notes": node.count,
+        "heads": {origin.hex(): count for origin, count in node.heads.items()},
+        "forks": len(node.forks),
+    }
 
 
 def run(state: Path, options: Options) -> int:

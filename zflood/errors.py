@@ -20,6 +20,10 @@ class NodeClosed(LocalError):
     """The node was closed; it takes no more calls."""
 
 
+class StoreInUse(LocalError):
+    """Another process (a running daemon) holds the store open."""
+
+
 class BadJoinCode(LocalError):
     """A join code that does not parse or whose checksum does not match."""
 

@@ -187,6 +187,10 @@ class Mesh:
         self._config = config
         self._on_link = on_link
         self._nonce = os.urandom(16)  # tells peers this incarnation from the previous one
+        secret = key.curve_secret()
+        # every DEALER's CURVE keys (ours, and the group's server key), derived once
+        self._curve = (z85.encode(secret), z85.encode(x25519_public(secret)),
+                       z85.encode(group.curve_server_public))
         self._peers: dict[bytes, _Peer] = {}
         self._by_user: dict[str, _Peer] = {}  # the same peers by the CURVE key they must show
         self._cut: set[bytes] = set()  # nodes we keep no link with until heal()
@@ -352,10 +356,7 @@ class Mesh:
         dealer.setsockopt(zmq.TCP_MAXRT, int(self._config.peer_timeout * 1000))
         dealer.setsockopt(zmq.CONNECT_TIMEOUT, int(self._config.heartbeat * 1000))
         dealer.routing_id = routing_id
-        secret = self._key.curve_secret()
-        dealer.curve_secretkey = z85.encode(secret)
-        dealer.curve_publickey = z85.encode(x25519_public(secret))
-        dealer.curve_serverkey = z85.encode(self._group.curve_server_public)
+        dealer.curve_secretkey, dealer.curve_publickey, dealer.curve_serverkey = self._curve
         try:
             dealer.connect(endpoint)
         except zmq.ZMQError as e:
@@ -465,26 +466,26 @@ class Mesh:
         self._by_user.pop(peer.user_id, None)
 
     def _dispatch(self, frames: list[zmq.Frame], now: float) -> None:
-        routing_id = frames[0].bytes
         if len(frames) < 2:
             return
         try:
             user_id = str(frames[1].get("User-Id"))
-            peer_ip = str(frames[1].get("Peer-Address"))
         except zmq.ZMQError:
             return  # not from an authenticated connection: cannot happen on a CURVE server
         kind = frames[1].bytes
         if kind == HI and len(frames) == 3 and len(frames[2]) == _HI.size:
+            peer_ip = str(frames[1].get("Peer-Address"))
             version, node, port, nonce, hears = _HI.unpack(frames[2].bytes)
             if version != MESH_VERSION:
                 log.debug("ignored a HI of mesh version %d from %s", version, peer_ip)
                 return
             if hears <= KNOCK and port:
-                self._on_hi(routing_id, user_id, peer_ip, node, port, nonce, hears, now)
+                self._on_hi(frames[0].bytes, user_id, peer_ip, node, port, nonce, hears, now)
                 return
         peer = self._by_user.get(user_id)
         if peer is None:
-            log.debug("dropped a message from unknown %s at %s", user_id[:12], peer_ip)
+            log.debug("dropped a message from unknown %s at %s", user_id[:12],
+                      frames[1].get("Peer-Address"))
         elif kind == DATA and len(frames) == 3:
             if peer.link is not None:
                 peer.heard_at = now

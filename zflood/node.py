@@ -326,21 +326,16 @@ class Node:
         here or on another member, and checks exactly as it checks a peer's batches."""
         self._check_open()
         for origin, have in list(self._count.items()):
-            pos, prev = 0, GENESIS
-            while pos < have:
-                bodies, sig, last = self._cut(origin, pos, have, have)
-                yield wire.Notes(origin, pos, prev, tuple(bodies), sig)
-                pos += len(bodies)
-                prev = last
+            yield from self._batches(origin, 0, have, have)
 
     def import_notes(self, batch: wire.Notes) -> int:
         """Take a batch from an export; returns how many notes were new. A batch that does
         not check out raises `LocalError`; a fork is recorded as if a peer had sent it."""
         self._check_open()
         have = self._count.get(batch.origin, 0)
-        if any(fork.origin == batch.origin for fork in self.forks) and (
+        if (
             batch.start > have or batch.prev != self._id_at(batch.origin, batch.start - 1, have)
-        ):
+        ) and any(fork.origin == batch.origin for fork in self.forks):
             return 0  # more of a forked origin's other branch: skipped, as from a peer
         if batch.start > have:  # a peer's gap is asked again; a file's is lost for good
             raise LocalError(f"notes {have}..{batch.start - 1} of {_h(batch.origin)} are missing "
@@ -628,14 +623,21 @@ class Node:
         if pos >= end:
             self._send(peer, wire.Heads({origin: have}))  # we lack it: it will ask elsewhere
             return
-        prev = self._id_at(origin, pos - 1, have)
-        while pos < end:
-            bodies, sig, last = self._cut(origin, pos, end, have)
-            self._send(peer, wire.Notes(origin, pos, prev, tuple(bodies), sig))
-            pos += len(bodies)
-            prev = last
+        for batch in self._batches(origin, pos, end, have):
+            self._send(peer, batch)
+            pos = batch.start + len(batch.bodies)
         if pos > peer.heads.get(origin, 0):
             peer.heads[origin] = pos
+
+    def _batches(self, origin: bytes, start: int, end: int, have: int) -> Iterator[wire.Notes]:
+        """`origin`'s notes from `start` as signed batches, until `end` or the first
+        signature at or after it."""
+        pos, prev = start, self._id_at(origin, start - 1, have)
+        while pos < end:
+            bodies, sig, last = self._cut(origin, pos, end, have)
+            yield wire.Notes(origin, pos, prev, tuple(bodies), sig)
+            pos += len(bodies)
+            prev = last
 
     def _cut(
         self, origin: bytes, start: int, end: int, have: int

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LocalError
+from .errors import LocalError, StoreInUse
 
 Body = str | bytes
 Row = tuple[bytes, bytes | None, Body]  # (note id, signature or None, body)
@@ -73,19 +73,8 @@ class Store:
         self.path = None if path is None else os.fspath(path)
         try:
             if self.path is not None:
-                # private keys live in this file: keep it (and its -wal, -shm) owner-only
-                old = os.umask(0o077)
-                try:
-                    # No busy wait: the only other holder of the lock is a process that
-                    # owns the store for as long as it runs, so fail at once.
-                    self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-                    # One process owns a store. Exclusive locking keeps the WAL index in
-                    # memory: no shared-memory file, no file locks per commit (a quarter off
-                    # each publish). It also stops a second process opening it by mistake.
-                    self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                finally:
-                    os.umask(old)
+                self._db = _connect(self.path)
+                self._db.execute("PRAGMA journal_mode=WAL")
             else:
                 self._db = sqlite3.connect(":memory:", isolation_level=None)
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
@@ -95,6 +84,8 @@ class Store:
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            if _busy(e):
+                raise StoreInUse(f"store {self.path} is in use by another process") from None
             raise LocalError(f"cannot open store {self.path}: {e}") from None
         self._origin_no: dict[bytes, int] = dict(
             self._db.execute("SELECT origin, no FROM origins").fetchall()
@@ -230,21 +221,38 @@ class Store:
         self._db.close()
 
 
+def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A connection that takes the store's lock for itself and never waits for it."""
+    # private keys live in this file: keep it (and its -wal, -shm) owner-only
+    old = os.umask(0o077)
+    try:
+        # No busy wait: the only other holder of the lock is a process that owns the store
+        # for as long as it runs, so fail at once.
+        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        # One process owns a store. Exclusive locking keeps the WAL index in memory: no
+        # shared-memory file, no file locks per commit (a quarter off each publish). It also
+        # stops a second process opening it by mistake.
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        return db
+    finally:
+        os.umask(old)
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
 def in_use(path: str | os.PathLike[str]) -> bool:
     """Whether a process holds the store at `path` open (a daemon, or an export running).
     Asks SQLite's own lock, so a stale pid file or a reused pid cannot mislead it."""
     if not os.path.exists(path):
         return False
-    old = os.umask(0o077)  # as in Store: anything SQLite creates beside it stays private
     try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        db = _connect(path)
         try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")  # no -shm file; let go at close
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
-            db.close()
-    except sqlite3.OperationalError as e:
-        return "locked" in str(e)
-    finally:
-        os.umask(old)
+            db.close()  # lets go of the lock it took
+    except sqlite3.Error as e:
+        return _busy(e)
     return False
