@@ -1,16 +1,21 @@
 """SQLite storage: one append-only log per origin, heads read from the index, replay streamed.
 
 Theory of operation. `notes` is a WITHOUT ROWID table keyed by (origin number, seqno), so one
-origin's log is contiguous on disk and a range read is one index walk; `idx` is the local
-arrival index (a second, unique index) that replay and `Client.follow` read in order. Heads are
-not kept in a table: each is one `max(seqno)` lookup on the primary key, so opening a store
-costs O(origins * log n) whatever the history. WAL with synchronous=NORMAL makes a commit
-durable against a crash of the process (kill -9) once `commit` returns; `fsync=True` switches
-to synchronous=FULL for power loss. Only the engine writes; nothing here knows the protocol.
+origin's log is contiguous on disk and a range read is one index walk. It is the only B-tree a
+note touches: a single-note commit writes one page to the WAL, not two (a second index costs
+a third of every publish). Each note also holds `idx`, its local arrival index. An origin's
+notes arrive in seqno order, so within one origin `idx` grows with seqno: replay in arrival
+order is a merge of the origins' logs by `idx`, and the first note at or after an index is a
+binary search on the primary key. Heads are not kept in a table: each is one `max(seqno)`
+lookup, so opening a store costs O(origins * log n) whatever the history. WAL with
+synchronous=NORMAL makes a commit durable against a crash of the process (kill -9) once
+`commit` returns; `fsync=True` switches to synchronous=FULL for power loss. Only the engine
+writes; nothing here knows the protocol.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -34,7 +39,8 @@ CREATE TABLE IF NOT EXISTS notes (
     body NOT NULL,
     PRIMARY KEY (origin, seqno)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS notes_by_idx ON notes (idx);
+-- earlier stores kept a second index on idx: one more page written by every commit
+DROP INDEX IF EXISTS notes_by_idx;
 CREATE TABLE IF NOT EXISTS forks (
     origin BLOB NOT NULL,
     seqno INTEGER NOT NULL,
@@ -91,8 +97,16 @@ class Store:
             self._db.execute("SELECT origin, no FROM origins").fetchall()
         )
         self._origins: dict[int, bytes] = {no: o for o, no in self._origin_no.items()}
-        last = self._db.execute("SELECT max(idx) FROM notes").fetchone()[0]
-        self.next_index: int = 0 if last is None else last + 1
+        # each origin's last note: (seqno, id, idx); replay and next_index read it
+        self._tails: dict[int, tuple[int, bytes, int]] = {}
+        for no in self._origins:
+            row = self._db.execute(
+                "SELECT seqno, id, idx FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1",
+                (no,),
+            ).fetchone()
+            if row is not None:
+                self._tails[no] = row
+        self.next_index: int = max((t[2] for t in self._tails.values()), default=-1) + 1
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -105,14 +119,7 @@ class Store:
     # -- heads ---------------------------------------------------------------------------
     def heads(self) -> dict[bytes, tuple[int, bytes]]:
         """For every origin: (count held, id of the last note)."""
-        out = {}
-        for origin, no in self._origin_no.items():
-            row = self._db.execute(
-                "SELECT seqno, id FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1", (no,)
-            ).fetchone()
-            if row is not None:
-                out[origin] = (row[0] + 1, row[1])
-        return out
+        return {self._origins[no]: (t[0] + 1, t[1]) for no, t in self._tails.items()}
 
     def _no(self, origin: bytes) -> int:
         no = self._origin_no.get(origin)
@@ -128,6 +135,8 @@ class Store:
         """Store notes start.. of `origin` in one transaction; returns the first's index.
         Durable (against a crash of the process) when this returns."""
         first = self.next_index
+        if not rows:
+            return first
         no = self._no(origin)
         db = self._db
         if len(rows) == 1:
@@ -150,7 +159,9 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        self.next_index = first + len(rows)
+        n = len(rows)
+        self._tails[no] = (start + n - 1, rows[-1][0], first + n - 1)
+        self.next_index = first + n
         return first
 
     def add_fork(self, fork: Fork) -> bool:
@@ -195,21 +206,52 @@ class Store:
         return None if row is None else bytes(row[0])
 
     def replay(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[Note]:
-        """Notes with start <= index < end in arrival order, read `chunk` at a time so memory
-        stays flat however long the history."""
+        """Notes with start <= index < end in arrival order. Each origin's log is read `chunk`
+        notes at a time (fewer when there are many origins), so memory stays flat however
+        long the history."""
         stop = self.next_index if end is None else end
-        pos = start
-        while pos < stop:
+        live = [no for no, t in self._tails.items() if t[2] >= start]
+        if start >= stop or not live:
+            return iter(())
+        per = max(16, chunk // len(live))
+        runs = [self._run(no, self._first_at(no, start), stop, per) for no in live]
+        if len(runs) == 1:
+            return runs[0]
+        return heapq.merge(*runs, key=_index)
+
+    def _first_at(self, no: int, index: int) -> int:
+        """The first seqno of origin `no` whose note has an arrival index >= `index`. Within
+        an origin the index grows with the seqno, so this is a binary search."""
+        lo, hi = 0, self._tails[no][0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = self._db.execute(
+                "SELECT seqno, idx FROM notes WHERE origin = ? AND seqno >= ?"
+                " ORDER BY seqno LIMIT 1",
+                (no, mid),
+            ).fetchone()
+            if row[1] >= index:
+                hi = mid
+            else:
+                lo = row[0] + 1
+        return lo
+
+    def _run(self, no: int, seqno: int, stop: int, chunk: int) -> Iterator[Note]:
+        """Origin `no`'s notes from `seqno` on whose index is below `stop`."""
+        origin = self._origins[no]
+        while True:
             rows = self._db.execute(
-                "SELECT origin, seqno, body, id, idx FROM notes WHERE idx >= ? AND idx < ?"
-                " ORDER BY idx LIMIT ?",
-                (pos, stop, chunk),
+                "SELECT seqno, body, id, idx FROM notes WHERE origin = ? AND seqno >= ?"
+                " ORDER BY seqno LIMIT ?",
+                (no, seqno, chunk),
             ).fetchall()
-            if not rows:
+            for seq, body, note_id, idx in rows:
+                if idx >= stop:
+                    return
+                yield Note(origin, seq, body, note_id, idx)
+            if len(rows) < chunk:
                 return
-            for no, seqno, body, note_id, idx in rows:
-                yield Note(self._origins[no], seqno, body, note_id, idx)
-            pos = rows[-1][4] + 1
+            seqno = rows[-1][0] + 1
 
     def forks(self) -> list[Fork]:
         return [
@@ -219,6 +261,10 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _index(note: Note) -> int:
+    return note.index
 
 
 def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
