@@ -220,20 +220,21 @@ class Store:
         return heapq.merge(*runs, key=_index)
 
     def _first_at(self, no: int, index: int) -> int:
-        """The first seqno of origin `no` whose note has an arrival index >= `index`. Within
-        an origin the index grows with the seqno, so this is a binary search."""
-        lo, hi = 0, self._tails[no][0]
+        """The first seqno of origin `no` whose note has an arrival index >= `index`: a binary
+        search on the primary key, as the index grows with the seqno within an origin. An
+        origin's notes are held from seqno 0 without a gap and no two share an index, so the
+        answer is at least `index` minus the tail's distance: a reader near the end searches
+        a window as wide as how far back it reads, whatever the history."""
+        last, _, last_index = self._tails[no]
+        lo, hi = max(0, last - (last_index - index)), last
         while lo < hi:
             mid = (lo + hi) // 2
-            row = self._db.execute(
-                "SELECT seqno, idx FROM notes WHERE origin = ? AND seqno >= ?"
-                " ORDER BY seqno LIMIT 1",
-                (no, mid),
-            ).fetchone()
-            if row[1] >= index:
+            if self._db.execute(
+                "SELECT idx FROM notes WHERE origin = ? AND seqno = ?", (no, mid)
+            ).fetchone()[0] >= index:
                 hi = mid
             else:
-                lo = row[0] + 1
+                lo = mid + 1
         return lo
 
     def _run(self, no: int, seqno: int, stop: int, chunk: int) -> Iterator[Note]:
