@@ -191,11 +191,12 @@ class Node:
     def publish_many(self, bodies: list[Body]) -> list[Note]:
         """Append several notes in one transaction (all or none); durable on return."""
         self._check_open()
+        limit = self.config.max_body
         for body in bodies:
             if not isinstance(body, str | bytes):
                 raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
-            if wire.body_size(body) > self.config.max_body:
-                raise LocalError(f"a note body is at most {self.config.max_body} bytes")
+            if (len(body) if type(body) is bytes else wire.body_size(body)) > limit:
+                raise LocalError(f"a note body is at most {limit} bytes")
         if not bodies:
             return []
         origin = self.id
@@ -211,13 +212,14 @@ class Node:
         self._head[origin] = nid
         self.stats.published += len(rows)
         notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
-        for note in notes:
-            self._deliver(note)
-        if self._unpushed and self._fresh is not None:
-            self._fresh[2].extend(bodies)
-        elif not self._unpushed:
+        if self._handlers:
+            for note in notes:
+                self._deliver(note)
+        if not self._unpushed:
             self._fresh = (start, prev, list(bodies))
-        self._unpushed = True
+            self._unpushed = True
+        elif self._fresh is not None:
+            self._fresh[2].extend(bodies)
         if self._depth == 0:
             self._push_own()
         return notes
