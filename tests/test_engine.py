@@ -157,7 +157,7 @@ def hello_from(key: SigningKey, heads: dict[bytes, int] | None = None) -> bytes:
 
 
 def test_forged_note_closes_the_channel_and_stores_nothing(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, ed25519_backend: str
 ) -> None:
     node = Node()
     mallory, alice = SigningKey(), SigningKey()
@@ -173,7 +173,7 @@ def test_forged_note_closes_the_channel_and_stores_nothing(
     assert "bad signature" in caplog.text
 
 
-def test_altered_note_closes_the_channel() -> None:
+def test_altered_note_closes_the_channel(ed25519_backend: str) -> None:
     a, b = Node(), Node()
     ca, cb = linked(a, b)
     a.publish("pay 10")

@@ -23,7 +23,7 @@ class Seen:
         assert len(keys) == len(set(keys)), "a subscriber saw a note twice"
 
 
-def test_seed_regression_scenario() -> None:
+def test_seed_regression_scenario(ed25519_backend: str) -> None:
     aa, bb = Node(), Node()
     aa_seen = Seen()
     aa.subscribe(aa_seen)
