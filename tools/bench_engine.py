@@ -6,13 +6,12 @@
 Every figure comes from this one run on this machine:
   - single publishes into a durable store, alone, and while linked to a peer in another process
     that receives each note as it is published (over a socketpair), once for each Ed25519
-    backend installed (zflood/identity.py); three rounds, each beside
-    SQLite's one-commit-per-row floor, printed as the median and the range, because a shared
-    2-core machine moves any one round by 10-20%;
+    backend installed (zflood/identity.py); three rounds, each beside SQLite's
+    one-commit-per-row floor, printed as the median and the range, because a shared 2-core
+    machine moves any one round by 10-20%;
   - bulk sync of N notes with 100-byte bodies between two durable nodes over in-process
     channels (the simulator with zero latency), and SQLite's floor: batch inserts of the same
     rows into the same schema;
-  - SQLite's one-commit-per-row rate, the floor for single publishes;
   - store-open time and peak RSS of a process that opens a store and replays every note.
 """
 
