@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,14 +82,47 @@ def test_a_signature_with_s_not_reduced_is_refused(ed25519_backend: str) -> None
     assert not verify(key.public, sig[:32] + (s + L).to_bytes(32, "little"), b"note")
 
 
+def openssl_accepts(origin: bytes, sig: bytes, msg: bytes) -> bool:
+    """What `cryptography` alone says, without verify()'s own checks."""
+    try:
+        Ed25519PublicKey.from_public_bytes(origin).verify(sig, msg)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# Under the neutral point as a key, R = B and S = 1 satisfy S*B = R + h*A for every message.
+NEUTRAL_FORGERY = BASE + (1).to_bytes(32, "little")
+
+
 def test_a_key_of_small_order_vouches_for_nothing(ed25519_backend: str) -> None:
-    # Under the neutral point, R = S*B makes S*B = R + h*A hold for every message: OpenSSL
-    # alone takes it; verify() refuses it whatever the backend.
     neutral = (1).to_bytes(32, "little")
-    forged = BASE + (1).to_bytes(32, "little")
-    assert not verify(neutral, forged, b"anything")
+    assert openssl_accepts(neutral, NEUTRAL_FORGERY, b"anything")  # so the check matters
+    assert not verify(neutral, NEUTRAL_FORGERY, b"anything")
     for origin in small_order_encodings():
-        assert not verify(origin, forged, b"anything")
+        assert not verify(origin, NEUTRAL_FORGERY, b"anything")
+
+
+def test_a_non_canonical_encoding_of_the_neutral_point_vouches_for_nothing(
+    ed25519_backend: str,
+) -> None:
+    neutral = (P + 1).to_bytes(32, "little")  # y = p + 1 = 1 (mod p): not in the small set
+    assert openssl_accepts(neutral, NEUTRAL_FORGERY, b"anything")
+    assert not verify(neutral, NEUTRAL_FORGERY, b"anything")
+
+
+def test_a_signature_with_r_of_small_order_is_refused(ed25519_backend: str) -> None:
+    # The key's holder can make R the neutral point: S = h*a passes a check without
+    # verify()'s own rules (OpenSSL), not with them (libsodium refuses such R itself).
+    seed = b"\x0b" * 32
+    key = SigningKey(seed)
+    expanded = hashlib.sha512(seed).digest()
+    a = int.from_bytes(expanded[:32], "little") & ((1 << 254) - 8) | (1 << 254)  # RFC 8032
+    r = (1).to_bytes(32, "little")
+    challenge = int.from_bytes(hashlib.sha512(r + key.public + b"note").digest(), "little")
+    sig = r + (challenge * a % L).to_bytes(32, "little")
+    assert openssl_accepts(key.public, sig, b"note")
+    assert not verify(key.public, sig, b"note")
 
 
 def test_non_canonical_keys_and_small_order_r_are_refused(ed25519_backend: str) -> None:
@@ -95,6 +132,8 @@ def test_non_canonical_keys_and_small_order_r_are_refused(ed25519_backend: str) 
         assert not verify(y.to_bytes(32, "little"), sig, b"note")
     for r in small_order_encodings():
         assert not verify(key.public, r + sig[32:], b"note")
+    assert not verify(bytearray(key.public), sig, b"note")  # wrong types: False, no raise
+    assert not verify(key.public, sig, "note")  # type: ignore[arg-type]
 
 
 ODD_POINTS = [*small_order_encodings(), BASE]

@@ -76,3 +76,37 @@ def test_a_store_with_the_old_arrival_index_opens_and_loses_only_the_index(
     assert "notes_by_idx" not in names
     assert [(n.origin, n.seqno, n.index) for n in again.replay()] == model
     again.close()
+
+
+def test_replay_gives_what_was_held_when_it_was_called_even_while_notes_arrive() -> None:
+    store = Store()
+    model = fill(store, [(0, 1), (1, 20)])
+    got = []
+    for note in store.replay(0, 100, chunk=32):
+        if note.index == 0:  # a new origin's first note, then one more of a running origin
+            store.append(ORIGINS[2], 0, [(bytes(32), None, "late")])
+            store.append(ORIGINS[1], 20, [(bytes(32), None, "later")])
+        got.append((note.origin, note.seqno, note.index))
+    assert got == model
+    assert [n.body for n in store.replay(21)] == ["late", "later"]
+
+
+def test_replay_pages_through_long_logs_from_any_start() -> None:
+    store = Store()
+    model = fill(store, [(0, 30), (1, 30), (0, 30), (1, 10), (0, 10)])
+    for start in (0, 1, 15, 16, 17, 31, 59, 60, 99, 109):
+        for end in (start + 1, start + 17, start + 40, 200):
+            got = [(n.origin, n.seqno, n.index) for n in store.replay(start, end, chunk=16)]
+            assert got == model[start:end], (start, end)
+
+
+def test_a_short_read_skips_origins_outside_its_range() -> None:
+    store = Store()
+    fill_many = [(bytes([i % 256, i // 256]) * 16, 2) for i in range(500)]
+    for origin, n in fill_many:  # each origin's notes arrive together: idx 2k, 2k+1
+        store.append(origin, 0, [(bytes(32), None, "x")] * n)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    got = [n.index for n in store.replay(500, 510)]
+    assert got == list(range(500, 510))
+    assert len(statements) <= 20, statements  # not a search per origin

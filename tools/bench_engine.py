@@ -214,7 +214,7 @@ def bulk_sync(tmp: Path, source: Path, n: int) -> float:
 
 OPEN_AND_REPLAY = """
 import sys, time
-from zflood import Node, identity
+from zflood import Node
 start = time.perf_counter()
 node = Node(path=sys.argv[1])
 opened = time.perf_counter() - start
@@ -252,6 +252,7 @@ def main() -> None:
         floor1: list[float] = []
         linked: dict[str, list[float]] = {name: [] for name in identity.BACKENDS}
         caught_up = 0.0
+        default = identity.backend()
         for r in range(ROUNDS):
             (tmp / f"round{r}").mkdir()
             alone.append(single_publishes(tmp / f"round{r}", singles))
@@ -261,7 +262,7 @@ def main() -> None:
                 p, c = linked_publishes(tmp / f"round{r}" / name, singles)
                 linked[name].append(p)
                 caught_up = max(caught_up, c)
-        identity.use_backend(identity.BACKENDS[0])
+        identity.use_backend(default)
         print(f"single publish, durable, alone        {rates(singles, alone)}")
         for name, seconds in linked.items():
             label = f"  linked, Ed25519 by {name}"

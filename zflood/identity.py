@@ -118,13 +118,15 @@ _verifiers: dict[bytes, Ed25519PublicKey | None] = {}  # origin -> key, None if 
 
 def verify(origin: bytes, signature: bytes, message: bytes) -> bool:
     """True if `signature` is `origin`'s signature of `message`; never raises on bad input."""
+    if type(origin) is not bytes or type(signature) is not bytes or type(message) is not bytes:
+        return False
     if origin in _verifiers:
         key = _verifiers[origin]
     else:
         key = _public_key(origin)
         if len(_verifiers) < 4096:  # a group has few origins; the bound keeps junk out
             _verifiers[origin] = key
-    if key is None or type(signature) is not bytes or len(signature) != SIG_SIZE:
+    if key is None or len(signature) != SIG_SIZE:
         return False
     if int.from_bytes(signature[32:], "little") >= _L or not _fair_point(signature[:32]):
         return False  # S not reduced, or R of small order: refused whatever the backend
@@ -141,8 +143,8 @@ def verify(origin: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
-def _public_key(origin: object) -> Ed25519PublicKey | None:
-    if type(origin) is not bytes or len(origin) != ID_SIZE or not _fair_point(origin):
+def _public_key(origin: bytes) -> Ed25519PublicKey | None:
+    if len(origin) != ID_SIZE or not _fair_point(origin):
         return None
     try:
         return Ed25519PublicKey.from_public_bytes(origin)

@@ -20,7 +20,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import LocalError, StoreInUse
 
@@ -97,16 +97,18 @@ class Store:
             self._db.execute("SELECT origin, no FROM origins").fetchall()
         )
         self._origins: dict[int, bytes] = {no: o for o, no in self._origin_no.items()}
-        # each origin's last note: (seqno, id, idx); replay and next_index read it
-        self._tails: dict[int, tuple[int, bytes, int]] = {}
+        self._spans: dict[int, _Span] = {}
         for no in self._origins:
             row = self._db.execute(
                 "SELECT seqno, id, idx FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1",
                 (no,),
             ).fetchone()
             if row is not None:
-                self._tails[no] = row
-        self.next_index: int = max((t[2] for t in self._tails.values()), default=-1) + 1
+                first = self._db.execute(
+                    "SELECT idx FROM notes WHERE origin = ? AND seqno = 0", (no,)
+                ).fetchone()[0]
+                self._spans[no] = _Span(first, *row)
+        self.next_index: int = max((s.last_index for s in self._spans.values()), default=-1) + 1
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -119,7 +121,7 @@ class Store:
     # -- heads ---------------------------------------------------------------------------
     def heads(self) -> dict[bytes, tuple[int, bytes]]:
         """For every origin: (count held, id of the last note)."""
-        return {self._origins[no]: (t[0] + 1, t[1]) for no, t in self._tails.items()}
+        return {self._origins[no]: (s.last + 1, s.last_id) for no, s in self._spans.items()}
 
     def _no(self, origin: bytes) -> int:
         no = self._origin_no.get(origin)
@@ -160,7 +162,10 @@ class Store:
                 raise
             db.execute("COMMIT")
         n = len(rows)
-        self._tails[no] = (start + n - 1, rows[-1][0], first + n - 1)
+        span = self._spans.get(no)
+        self._spans[no] = _Span(
+            first if span is None else span.first_index, start + n - 1, rows[-1][0], first + n - 1
+        )
         self.next_index = first + n
         return first
 
@@ -206,14 +211,19 @@ class Store:
         return None if row is None else bytes(row[0])
 
     def replay(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[Note]:
-        """Notes with start <= index < end in arrival order. Each origin's log is read `chunk`
-        notes at a time (fewer when there are many origins), so memory stays flat however
-        long the history."""
-        stop = self.next_index if end is None else end
-        live = [no for no, t in self._tails.items() if t[2] >= start]
+        """Notes with start <= index < end that are held when this is called, in arrival
+        order. The origins' logs are read `chunk` notes at a time between them, so memory
+        stays flat however long the history. It costs a binary search for
+        each origin that has notes both before and inside the range: O(log n) for the few
+        members of a group, more for a store with thousands of origins all active at once."""
+        stop = self.next_index if end is None else min(end, self.next_index)
+        live = [
+            no for no, s in self._spans.items() if s.last_index >= start and s.first_index < stop
+        ]
         if start >= stop or not live:
             return iter(())
-        per = max(16, chunk // len(live))
+        # at most `chunk` rows held at once (one each when origins outnumber it)
+        per = max(1, min(stop - start, chunk // len(live)))
         runs = [self._run(no, self._first_at(no, start), stop, per) for no in live]
         if len(runs) == 1:
             return runs[0]
@@ -225,8 +235,10 @@ class Store:
         origin's notes are held from seqno 0 without a gap and no two share an index, so the
         answer is at least `index` minus the tail's distance: a reader near the end searches
         a window as wide as how far back it reads, whatever the history."""
-        last, _, last_index = self._tails[no]
-        lo, hi = max(0, last - (last_index - index)), last
+        span = self._spans[no]
+        if span.first_index >= index:
+            return 0
+        lo, hi = max(0, span.last - (span.last_index - index)), span.last
         while lo < hi:
             mid = (lo + hi) // 2
             if self._db.execute(
@@ -262,6 +274,15 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+class _Span(NamedTuple):
+    """What the store keeps in memory of one origin's log: O(origins), not O(history)."""
+
+    first_index: int  # arrival index of seqno 0
+    last: int  # seqno of the last note
+    last_id: bytes
+    last_index: int
 
 
 def _index(note: Note) -> int:
