@@ -30,6 +30,7 @@ import zmq
 
 from zflood import wire
 from zflood.daemon import endpoints_of, open_node, read_endpoints, save_group
+from zflood.endpoints import tcp_port
 from zflood.identity import Group
 from zflood.local import Client
 
@@ -190,7 +191,7 @@ def main() -> None:
         a_dir, b_dir, frames = prepare(Path(tmp), n)
         floor = bulk_floor(frames)
         a = Daemon(a_dir, 0, None)
-        port = int(read_endpoints(a_dir)["listen"].rsplit(":", 1)[1])
+        port = tcp_port(read_endpoints(a_dir)["listen"])
         start = time.perf_counter()
         b = Daemon(b_dir, 0, port)
         try:

@@ -148,7 +148,7 @@ def _enter(state: Path, group: Group) -> bytes:
 
 def cmd_run(state: Path, args: argparse.Namespace) -> int:
     from .daemon import Options, run
-    from .mesh import tcp_port
+    from .endpoints import tcp_port
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

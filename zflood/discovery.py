@@ -29,6 +29,7 @@ from collections.abc import Callable
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .endpoints import tcp_endpoint
 from .errors import LocalError
 
 log = logging.getLogger("zflood.discovery")
@@ -207,8 +208,7 @@ class Discovery:
         address = address or best_address(info.parsed_addresses(IPVersion.V6Only), [])
         if address is None:
             return
-        host = f"[{address}]" if ":" in address else address
-        endpoint = f"tcp://{host}:{info.port}"
+        endpoint = tcp_endpoint(address, info.port)
         if self._reported.get(name) != (node, endpoint):
             self._reported[name] = (node, endpoint)
             log.info("found %s at %s", node.hex()[:12], endpoint)

@@ -45,6 +45,7 @@ import zmq
 import zmq.asyncio
 
 from .config import DEFAULT
+from .endpoints import tcp_parts
 from .errors import LocalError
 from .node import Node
 from .store import Note
@@ -504,7 +505,10 @@ def _check_endpoint(endpoint: str) -> None:
         return
     if not endpoint.startswith("tcp://"):
         raise LocalError(f"a local endpoint is ipc:// or tcp:// on loopback, not {endpoint!r}")
-    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    parts = tcp_parts(endpoint)
+    if parts is None:
+        raise LocalError(f"{endpoint!r} is not tcp://HOST:PORT")
+    host = parts[0].strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:

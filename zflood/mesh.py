@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import struct
@@ -48,6 +47,7 @@ import zmq.asyncio
 from zmq.utils import z85
 
 from .config import DEFAULT, Config
+from .endpoints import tcp_endpoint, tcp_parts, tcp_port
 from .errors import LocalError
 from .identity import Group, SigningKey, ed25519_to_x25519_public, x25519_public
 
@@ -73,25 +73,6 @@ def hi_payload(node: bytes, port: int, nonce: bytes, hears: int) -> bytes:
 
 def _short(node: bytes) -> str:
     return node.hex()[:12]
-
-
-def _endpoint(host: str, port: int) -> str:
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).version == 6:
-            return f"tcp://[{host}]:{port}"
-    return f"tcp://{host}:{port}"
-
-
-def tcp_port(endpoint: str, *, any_port: bool = False) -> int:
-    """The port of a tcp://HOST:PORT endpoint (0 only with `any_port`: "pick one"), or a
-    LocalError saying what is wrong with it. libzmq itself would take port 99999 as 34463."""
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    low = 0 if any_port else 1
-    if not endpoint.startswith("tcp://") or not host or not port.isdigit():
-        raise LocalError(f"{endpoint!r} is not tcp://HOST:PORT")
-    if not low <= int(port) <= 65535:
-        raise LocalError(f"{endpoint!r}: the port must be {low} to 65535")
-    return int(port)
 
 
 class Link:
@@ -513,7 +494,7 @@ class Mesh:
             log.warning("HI naming %s came with key %s: ignored", _short(node), user_id[:12])
             return
         if node == self.node:
-            self._dialled_ourselves(routing_id, _endpoint(peer_ip, port))
+            self._dialled_ourselves(routing_id, tcp_endpoint(peer_ip, port))
             return
         if node in self._cut:
             return
@@ -524,7 +505,7 @@ class Mesh:
             self._drop_link(peer, "peer restarted", bye=False, now=now)
             peer.retry_at = now  # a new incarnation, not a flapping link: relink at once
         peer.nonce = nonce
-        peer.seen_at = _endpoint(peer_ip, port)
+        peer.seen_at = tcp_endpoint(peer_ip, port)
         if hears == KNOCK:
             # Presence only: it asks us to dial it. We hear a peer only through HIs from its
             # own DEALER, so a DEALER of its that went deaf (its routing id handed over to
@@ -548,9 +529,9 @@ class Mesh:
         else:
             self._drop_link(peer, "peer no longer hears us", bye=False, now=now)
         if peer.dealer is None:  # it dialled us first (we are its static peer): dial back
-            self._connect(peer, _endpoint(peer_ip, port), now)
-        elif tcp_port(peer.address) != port:
-            self._connect(peer, peer.address.rpartition(":")[0] + f":{port}", now)
+            self._connect(peer, tcp_endpoint(peer_ip, port), now)
+        elif (parts := tcp_parts(peer.address)) and int(parts[1]) != port:
+            self._connect(peer, f"tcp://{parts[0]}:{port}", now)  # restarted on a new port
         elif heard_us and hears == NOT_HEARING:
             # It heard us, now it does not, yet we hear it: our connection may be the deaf
             # one. A fresh one takes our routing id back (ROUTER_HANDOVER) at once.
