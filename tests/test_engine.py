@@ -13,6 +13,7 @@ from channels import ManualChannel, linked
 from zflood import Config, LocalError, Node, NodeClosed, wire
 from zflood.identity import SigningKey
 from zflood.sim import Sim
+from zflood.store import Note
 
 
 def test_publish_rejects_what_is_not_a_note() -> None:
@@ -358,3 +359,18 @@ def test_an_import_skips_the_rest_of_a_forked_origin_and_takes_the_others() -> N
     assert sum(importer.import_notes(b) for b in batches) == 2  # Y's two notes
     assert importer.heads == {x.id: 3, y.id: 2}
     assert [f.origin for f in importer.forks] == [x.id]
+
+
+def test_a_subscriber_that_publishes_while_replayed_to_sees_its_own_notes() -> None:
+    node = Node()
+    node.publish("ping")
+    seen: list[object] = []
+
+    def answer(note: Note) -> None:
+        seen.append(note.body)
+        if note.body == "ping":
+            node.publish("pong")
+
+    node.subscribe(answer)
+    node.publish("later")
+    assert seen == ["ping", "pong", "later"]

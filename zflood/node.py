@@ -179,8 +179,12 @@ class Node:
         `start` skips held notes with a lower local index (`start=node.count`: new ones only).
         Returns a function that unsubscribes."""
         self._check_open()
-        for note in self._store.replay(start, self._store.next_index):
-            handler(note)
+        # Until caught up: a handler may publish while it is being replayed to.
+        while start < self._store.next_index:
+            stop = self._store.next_index
+            for note in self._store.replay(start, stop):
+                handler(note)
+            start = stop
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler) if handler in self._handlers else None
 
