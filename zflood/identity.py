@@ -57,6 +57,7 @@ _backend = BACKENDS[0]
 
 
 def backend() -> str:
+    """The Ed25519 implementation in use: the first of BACKENDS unless switched."""
     return _backend
 
 
