@@ -5,6 +5,7 @@ converge; a note published with the CLI on one reaches a plain pyzmq SUB on anot
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +35,10 @@ def connected(daemon: Daemon) -> int:
     return sum(p["state"] == "connected" for p in daemon.client.status()["peers"])
 
 
+def links_to_both(daemon: Daemon) -> bool:
+    return connected(daemon) == 2
+
+
 @pytest.fixture
 def group(tmp: Path) -> list[Path]:
     """Three state directories in one group, by `zflood init` and `zflood join`."""
@@ -47,7 +52,7 @@ def test_three_daemons_find_each_other_over_zeroconf_and_converge(
 ) -> None:
     running = [daemons(d) for d in group]
     for daemon in running:
-        wait_for(lambda d=daemon: connected(d) == 2, 10, "links to both others")
+        wait_for(functools.partial(links_to_both, daemon), 10, "links to both others")
     linked = time.monotonic() - running[-1].started
     print(f"\nthe last daemon started was linked to both others after {linked:.2f} s")
     for i, daemon in enumerate(running):

@@ -7,6 +7,7 @@ partition, which must not depend on how long the history is.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import statistics
@@ -65,7 +66,7 @@ def full_mesh(factory: Callable[[], Any], seed: int, n: int = 5, notes: int = 30
     for i in range(notes):
         t += rng.expovariate(1 / 0.004)  # a busy chat: a note every 4 ms on average
         author = rng.choice(nodes)
-        sim.at(t, lambda author=author, i=i: author.publish(f"note {i}"))
+        sim.at(t, functools.partial(author.publish, f"note {i}"))
     sim.run_until_quiescent()
 
     needed = notes * (n - 1)

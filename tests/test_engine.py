@@ -12,7 +12,7 @@ from channels import ManualChannel, linked
 
 from zflood import Config, LocalError, Node, NodeClosed, wire
 from zflood.identity import SigningKey
-from zflood.sim import Sim
+from zflood.sim import Sim, SimChannel
 from zflood.store import Note
 
 
@@ -39,7 +39,9 @@ def test_text_and_bytes_bodies_keep_their_type() -> None:
     assert [n.body for n in b.notes()] == ["text", b"bytes"]
 
 
-def three_relays(latency: float = 0.01) -> tuple[Sim, Node, Node, Node, Node, list]:
+def three_relays(
+    latency: float = 0.01,
+) -> tuple[Sim, Node, Node, Node, Node, list[SimChannel]]:
     """a is linked to b and c; d is linked to b and c only."""
     sim = Sim(1)
     a, b, c, d = Node(), Node(), Node(), Node()

@@ -132,7 +132,7 @@ def test_non_canonical_keys_and_small_order_r_are_refused(ed25519_backend: str) 
         assert not verify(y.to_bytes(32, "little"), sig, b"note")
     for r in small_order_encodings():
         assert not verify(key.public, r + sig[32:], b"note")
-    assert not verify(bytearray(key.public), sig, b"note")  # wrong types: False, no raise
+    assert not verify(bytearray(key.public), sig, b"note")  # type: ignore[arg-type]
     assert not verify(key.public, sig, "note")  # type: ignore[arg-type]
 
 

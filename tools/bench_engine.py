@@ -101,7 +101,9 @@ class StreamChannel:
         return n
 
 
-def receiver(sock: socket.socket, path: str, want: int, report: multiprocessing.Queue) -> None:
+def receiver(
+    sock: socket.socket, path: str, want: int, report: multiprocessing.Queue[float]
+) -> None:
     node = Node(path=path)
     ch = StreamChannel(sock)
     node.connect(ch)
@@ -128,7 +130,7 @@ def single_publishes(tmp: Path, n: int) -> float:
 def linked_publishes(tmp: Path, n: int) -> tuple[float, float]:
     tmp.mkdir(exist_ok=True)
     ours, theirs = socket.socketpair()
-    report: multiprocessing.Queue = multiprocessing.Queue()
+    report: multiprocessing.Queue[float] = multiprocessing.Queue()
     ctx = multiprocessing.get_context("fork")
     peer = ctx.Process(target=receiver, args=(theirs, str(tmp / "peer.db"), n, report))
     peer.start()
