@@ -37,6 +37,7 @@ from daemons import (
     wait_for,
 )
 
+from zflood import identity
 from zflood.daemon import ENDPOINTS, load_group, open_node
 from zflood.errors import BadJoinCode
 from zflood.identity import Group
@@ -54,7 +55,8 @@ SUBCOMMAND_ARGS = {
     "import": ["FILE"],
     "demo": ["--seconds"],
 }
-STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running"}
+STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running",
+               "ed25519"}
 QUICK = 10.0  # bound for a command that should answer at once
 
 Notes = list[tuple[str, int, str | bytes]]  # (origin hex, seqno, body)
@@ -544,8 +546,10 @@ def test_status_json_of_a_running_daemon_shows_node_endpoints_peers_and_heads(
     for peer in st["peers"]:
         assert {"node", "address", "state"} <= peer.keys()
         assert peer["state"] == "connected" and peer["address"].startswith("tcp://127.0.0.1:")
+    assert st["ed25519"] == identity.backend()  # the daemon runs with this same install
     text = ok("status", state=tmp / "a").out
     assert st["node"] in text and "running" in text and b_node[:16] in text
+    assert f"ed25519 by {identity.backend()}" in text
 
 
 def test_status_answers_with_the_daemon_stopped_and_after_a_kill(

@@ -281,6 +281,7 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     running = status["running"]
     print(f"daemon  {'running, listening on ' + status['listen'] if running else 'stopped'}")
     print(f"notes   {status['notes']} from {len(status['heads'])} origins; {status['forks']} forks")
+    print(f"ed25519 by {status['ed25519']}")
     for peer in status["peers"]:
         print(f"peer    {peer['node'][:16] or '?':16} {peer['state']:10} {peer['address']}")
     print(f"code    {status['code']}  (zflood join CODE adds a machine; keep it secret)")

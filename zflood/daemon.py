@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from . import __version__
+from . import __version__, identity
 from .config import DEFAULT, Config
 from .discovery import Discovery
 from .errors import LocalError
@@ -311,6 +311,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "notes": node.count,
         "heads": {origin.hex(): count for origin, count in node.heads.items()},
         "forks": len(node.forks),
+        "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography
     }
 
 
