@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from zflood import identity
 from zflood.identity import SMALL_ORDER_Y, SigningKey, verify
 
+T = TypeVar("T")
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
 D = -121665 * pow(121666, P - 2, P) % P
@@ -27,28 +30,21 @@ needs_both = pytest.mark.skipif(
 )
 
 
+def each_backend(work: Callable[[], T]) -> dict[str, T]:
+    """What `work()` gives under each installed backend, by name."""
+    before = identity.backend()
+    try:
+        out = {}
+        for name in identity.BACKENDS:
+            identity.use_backend(name)
+            out[name] = work()
+        return out
+    finally:
+        identity.use_backend(before)
+
+
 def verdicts(origin: bytes, sig: bytes, msg: bytes) -> dict[str, bool]:
-    before = identity.backend()
-    try:
-        out = {}
-        for name in identity.BACKENDS:
-            identity.use_backend(name)
-            out[name] = verify(origin, sig, msg)
-        return out
-    finally:
-        identity.use_backend(before)
-
-
-def signatures(key: SigningKey, msg: bytes) -> dict[str, bytes]:
-    before = identity.backend()
-    try:
-        out = {}
-        for name in identity.BACKENDS:
-            identity.use_backend(name)
-            out[name] = key.sign(msg)
-        return out
-    finally:
-        identity.use_backend(before)
+    return each_backend(lambda: verify(origin, sig, msg))
 
 
 @needs_both
@@ -56,7 +52,7 @@ def signatures(key: SigningKey, msg: bytes) -> dict[str, bytes]:
 @given(seed=st.binary(min_size=32, max_size=32), msg=st.binary(max_size=200))
 def test_both_backends_sign_the_same_bytes_and_accept_each_other(seed: bytes, msg: bytes) -> None:
     key = SigningKey(seed)
-    sigs = signatures(key, msg)
+    sigs = each_backend(lambda: key.sign(msg))
     assert sigs["libsodium"] == sigs["cryptography"]
     assert verdicts(key.public, sigs["libsodium"], msg) == {"libsodium": True, "cryptography": True}
 

@@ -25,6 +25,7 @@ import resource
 import select
 import socket
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -47,14 +48,10 @@ def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} /s"
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def rates(n: int, seconds: list[float]) -> str:
     """The median rate of several rounds and their range."""
-    r = sorted(n / s for s in seconds)
-    return f"{r[len(r) // 2]:>12,.0f} /s   ({r[0]:,.0f}-{r[-1]:,.0f})"
+    r = [n / s for s in seconds]
+    return f"{statistics.median(r):>12,.0f} /s   ({min(r):,.0f}-{max(r):,.0f})"
 
 
 # -- a channel over a stream socket, for a peer in another process ------------------------------
@@ -289,8 +286,9 @@ def main() -> None:
             print(f"{label:<38}{rates(singles, seconds)}")
         print(f"  (each peer held all {singles:,} notes {caught_up:.2f} s after the first"
               " publish, or sooner)")
+        alone_share = statistics.median(floor1) / statistics.median(alone)
         print(f"  floor: SQLite, one commit per row   {rates(singles, floor1)}"
-              f"   -> alone at {median(floor1) / median(alone):.0%} (medians)")
+              f"   -> alone at {alone_share:.0%} (medians)")
         for n in sizes:
             source = tmp / f"source{n}.db"
             make_source(source, n)

@@ -195,12 +195,11 @@ class Node:
     def publish_many(self, bodies: list[Body]) -> list[Note]:
         """Append several notes in one transaction (all or none); durable on return."""
         self._check_open()
-        limit = self.config.max_body
         for body in bodies:
             if not isinstance(body, str | bytes):
                 raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
-            if (len(body) if type(body) is bytes else wire.body_size(body)) > limit:
-                raise LocalError(f"a note body is at most {limit} bytes")
+            if wire.body_size(body) > self.config.max_body:
+                raise LocalError(f"a note body is at most {self.config.max_body} bytes")
         if not bodies:
             return []
         origin = self.id

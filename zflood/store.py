@@ -137,8 +137,6 @@ class Store:
         """Store notes start.. of `origin` in one transaction; returns the first's index.
         Durable (against a crash of the process) when this returns."""
         first = self.next_index
-        if not rows:
-            return first
         no = self._no(origin)
         db = self._db
         if len(rows) == 1:
