@@ -30,22 +30,12 @@ import zmq
 
 from zflood import wire
 from zflood.daemon import endpoints_of, open_node, read_endpoints, save_group
+from zflood.demo import wait
 from zflood.endpoints import tcp_port
 from zflood.identity import Group
 from zflood.local import Client
 
 BODY = b"x" * 100
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class Daemon:
@@ -57,7 +47,7 @@ class Daemon:
         self.state = state
         self.log = open(state / "log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(argv, stderr=self.log)
-        ends = wait_for(self._ends, 30, f"daemon in {state}")
+        ends = wait(self._ends, time.monotonic() + 30, f"daemon in {state}")
         self.client = Client(ends["control"][0], ends["pub"][0], timeout=30)
         self.pub = ends["pub"][0]
 
@@ -160,7 +150,8 @@ def live_latency(a: Daemon, b: Daemon, samples: int) -> list[float]:
     sub.connect(b.pub)
     sub.rcvtimeo = 10_000
     # the subscription takes effect asynchronously: publish until one arrives
-    wait_for(lambda: a.client.publish("warm-up") and sub.poll(200), 30, "B's PUB to deliver")
+    wait(lambda: a.client.publish("warm-up") and sub.poll(200), time.monotonic() + 30,
+         "B's PUB to deliver")
     while sub.poll(0):
         sub.recv_multipart()
     out = []
@@ -195,7 +186,7 @@ def main() -> None:
         start = time.perf_counter()
         b = Daemon(b_dir, 0, port)
         try:
-            wait_for(lambda: b.count() >= n, 600, "the bulk sync")
+            wait(lambda: b.count() >= n, time.monotonic() + 600, "the bulk sync")
             sync = time.perf_counter() - start
             print(f"bulk sync, two daemons      {n / sync:>10,.0f} notes/s"
                   f" ({sync:.1f} s, from B's start)")

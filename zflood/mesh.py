@@ -79,14 +79,22 @@ class Link:
     """One working peer link, as the engine's Channel; made only by `Mesh`."""
 
     def __init__(self, mesh: Mesh, peer: _Peer) -> None:
-        self.node = peer.node
-        self.address = peer.address
         self.state: Literal["connected", "closed"] = "connected"
         self._mesh = mesh
         self._peer = peer
         self._receiver: Callable[[bytes], None] | None = None
         self._closer: Callable[[], None] | None = None
         self._inbox: deque[bytes] = deque()
+
+    @property
+    def node(self) -> bytes:
+        """The peer's node id, which its CURVE key proved."""
+        return self._peer.node
+
+    @property
+    def address(self) -> str:
+        """Where we dial the peer now."""
+        return self._peer.address
 
     def __repr__(self) -> str:
         return f"<Link {_short(self.node)} {self.address} {self.state}>"
@@ -357,8 +365,6 @@ class Mesh:
         peer.dealer = self._dealer(self.node, endpoint)
         peer.address = endpoint
         peer.heard_us_at = now
-        if peer.link is not None:
-            peer.link.address = endpoint
         log.debug("dialling %s at %s", _short(peer.node), endpoint)
         self._send_hi_to(peer)
 
