@@ -32,7 +32,7 @@ from .config import DEFAULT, Config
 from .discovery import Discovery
 from .errors import LocalError
 from .identity import Group
-from .local import LocalAPI
+from .local import LocalAPI, ipc_endpoints
 from .mesh import Link, Mesh
 from .node import Node
 
@@ -209,11 +209,12 @@ class Daemon:
         ctx = zmq.asyncio.Context()
         node = self.node = open_node(self.state, group, opts.config)
         stack = contextlib.AsyncExitStack()
+        pub, control = ipc_endpoints(runtime)
         try:
             self.local = LocalAPI(
                 ctx, node,
-                pub=[f"ipc://{runtime / 'pub.sock'}", *opts.pub],
-                control=[f"ipc://{runtime / 'control.sock'}", *opts.control],
+                pub=[pub, *opts.pub],
+                control=[control, *opts.control],
                 status=self.status,
                 link=self._set_link,
             )
