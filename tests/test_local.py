@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from zflood import local
 from zflood.errors import LocalError
-from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints
+from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints, protocol
 from zflood.node import Node
 from zflood.store import Note
 
@@ -426,7 +426,7 @@ class Lossy(LocalAPI):
 def test_follow_fills_what_pub_dropped_from_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "RESYNC", 0.05)  # the tail drop is found by the idle check
+    monkeypatch.setattr(protocol, "RESYNC", 0.05)  # the tail drop is found by the idle check
     d = Daemon(tmp_path, Lossy)
     try:
         with d.client() as c:
@@ -445,9 +445,9 @@ def test_follow_fills_what_pub_dropped_from_the_store(
 def test_follow_survives_a_real_pub_overflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "PUB_SNDHWM", 1)
-    monkeypatch.setattr(local, "SUB_RCVHWM", 1)
-    monkeypatch.setattr(local, "RESYNC", 0.05)
+    monkeypatch.setattr(protocol, "PUB_SNDHWM", 1)
+    monkeypatch.setattr(protocol, "SUB_RCVHWM", 1)
+    monkeypatch.setattr(protocol, "RESYNC", 0.05)
     reads: list[int] = []
     read = Client.read
 

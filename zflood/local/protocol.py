@@ -1,0 +1,107 @@
+"""The local API's protocol: what travels on its PUB and control sockets, and its limits.
+
+Theory of operation. The PUB socket sends every delivered note as a two-frame message
+[TOPIC, CBOR map] (see `note_map`). The control socket takes one CBOR map per request and
+answers one CBOR map echoing the request's "id", so a DEALER client can tell a stale reply
+from its own. Ops: "publish" {body}, "status", "read" {start, limit}, and "link" {node, up}.
+A reply is {"ok": true, ...} or {"ok": false, "error": "one line"}. This module holds those
+shapes and the decoding that turns anything malformed into one `LocalError`; it opens no
+socket, so the server (`server.py`) and the client (`client.py`) share it, and a program in
+another language needs nothing but this description.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import cbor2
+
+from ..errors import LocalError
+from ..store import Note
+
+TOPIC = b"note"
+#: Notes queued towards one PUB subscriber before ZeroMQ drops (readers repair from the store).
+PUB_SNDHWM = 10_000
+#: A SUB in `Client.follow` buffers this many; it reads the store for whatever PUB dropped.
+SUB_RCVHWM = 10_000
+#: Most notes a "read" returns at once, whatever limit is asked.
+READ_LIMIT = 1000
+#: Most requests handled in one burst, so a flood of requests cannot starve the loop.
+BURST = 1000
+#: An idle follower reads the store this often, to catch notes PUB dropped at a burst's tail.
+RESYNC = 1.0
+#: Live notes a follower holds while it reads a gap from the store; more are read again later.
+MAX_AHEAD = 10_000
+#: A subscriber sends only subscriptions: nothing legitimate comes near this.
+PUB_MAXMSGSIZE = 4096
+#: What a reply's framing costs per note beyond its body, when sizing a read reply.
+NOTE_OVERHEAD = 128
+
+Map = dict[str, Any]
+
+
+def note_map(note: Note) -> Map:
+    """A note as the CBOR map sent on PUB and in replies."""
+    return {
+        "origin": note.origin,
+        "seqno": note.seqno,
+        "body": note.body,
+        "index": note.index,
+        "id": note.id,
+    }
+
+
+def ipc_endpoints(directory: str | os.PathLike[str]) -> tuple[str, str]:
+    """The default (pub, control) endpoints in a runtime or state directory."""
+    d = os.path.abspath(os.fspath(directory))
+    return f"ipc://{d}/pub.sock", f"ipc://{d}/control.sock"
+
+
+def decode(data: bytes) -> Any:
+    """One CBOR item and nothing after it; anything else is a `LocalError`."""
+    fp = io.BytesIO(data)
+    try:
+        item = cbor2.CBORDecoder(fp).decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError):
+        raise LocalError("not a CBOR message") from None
+    if fp.tell() != len(data):
+        raise LocalError("trailing bytes after the CBOR item")
+    return item
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """An error message as one short line (it may quote what a client sent)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def int_field(req: Map, key: str, default: int, least: int) -> int:
+    """A request's integer field, at least `least`."""
+    value = req.get(key, default)
+    if type(value) is not int or value < least:
+        raise LocalError(f"{key!r} must be an integer >= {least}")
+    return value
+
+
+def live_note(frames: list[bytes]) -> Map | None:
+    """A note map from a PUB message, or None for anything else."""
+    if len(frames) != 2 or frames[0] != TOPIC:
+        return None
+    try:
+        note = decode(frames[1])
+    except LocalError:
+        return None
+    return note if isinstance(note, dict) and type(note.get("index")) is int else None
+
+
+def node_id(node: bytes | str) -> bytes:
+    """A node id given as bytes or hex, checked."""
+    try:
+        raw = bytes.fromhex(node) if isinstance(node, str) else node
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LocalError(f"a node id is 32 bytes (64 hex digits), not {node!r}")
+    return raw

@@ -1,0 +1,284 @@
+"""The local API's daemon side: `LocalAPI` serves a PUB socket of notes and a control socket.
+
+Theory of operation. `LocalAPI` lives on the daemon's asyncio loop beside the engine. It
+subscribes to the node for new notes only (`start=node.count`) and sends each one, as it is
+delivered, on a PUB socket as [b"note", CBOR map] (see `protocol.note_map`). PUB never blocks:
+a slow subscriber loses messages once its queue is full, by design. The store is the truth, and
+every note carries its local arrival `index`, so a reader that sees a jump in indices (or
+suspects a loss) reads what it missed through the control socket.
+
+The control socket is a ROUTER; a request is one CBOR map, the reply one CBOR map echoing the
+request's "id". Frames in front of the request (a REQ client's empty delimiter, a proxy's
+routing ids) are returned as they came. Each time the socket is readable every pending request
+is handled inside one `node.batch()`, so a burst of publishes costs one signature and one frame
+per peer. ZMQ_MAXMSGSIZE drops a request larger than a frame before it is parsed (ZeroMQ then
+cuts that connection; `Client` refuses to send one); anything else that is wrong gets
+{"ok": false, "error": "..."}. The "link" op {node, up} cuts (up false) or heals the daemon's
+link to one peer, which then gets notes only through other members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import zmq
+import zmq.asyncio
+
+from ..endpoints import tcp_parts
+from ..errors import LocalError
+from ..node import Node
+from ..store import Note
+from ..wire import body_size
+from . import protocol
+from .protocol import Map, decode, int_field, note_map, one_line
+
+log = logging.getLogger("zflood.local")
+
+# plain ints: enum arithmetic costs more than the send itself
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+class LocalAPI:
+    """Serves the local API for one node; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        node: Node,
+        *,
+        pub: list[str],
+        control: list[str],
+        status: Callable[[], dict[str, Any]],
+        link: Callable[[bytes, bool], None] | None = None,
+    ) -> None:
+        for endpoint in [*pub, *control]:
+            _check_endpoint(endpoint)
+        self._ctx = ctx
+        self._node = node
+        self._want_pub = list(pub)
+        self._want_control = list(control)
+        self._status = status
+        self._link = link
+        self._pub: zmq.asyncio.Socket | None = None
+        self._pub_sync: zmq.Socket[bytes] | None = None
+        self._control: zmq.asyncio.Socket | None = None
+        self._pub_bound: list[str] = []
+        self._topics: set[bytes] = set()  # what subscribers asked for; empty: nobody listens
+        self._control_bound: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Bind both sockets, subscribe to the node and start serving requests."""
+        if self._pub is not None or self._closed:
+            raise LocalError("this LocalAPI was started already")
+        # An XPUB is a PUB to every SUB, and it also tells us what they subscribed to: with
+        # nobody listening (the usual case, and every bulk sync) a note costs nothing here.
+        pub = self._pub = self._ctx.socket(zmq.XPUB)
+        # It is used only from the node's handler, a plain function: a synchronous shadow
+        # whose sends never block (XPUB drops instead) needs no future per note.
+        self._pub_sync = zmq.Socket.shadow(pub.underlying)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, protocol.PUB_SNDHWM)
+        pub.setsockopt(zmq.MAXMSGSIZE, protocol.PUB_MAXMSGSIZE)
+        control = self._control = self._ctx.socket(zmq.ROUTER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.MAXMSGSIZE, self._node.config.max_frame)
+        try:
+            # recorded one by one, so a failure still unlinks what was bound before it
+            for e in self._want_pub:
+                self._pub_bound.append(_bind(pub, e))
+            for e in self._want_control:
+                self._control_bound.append(_bind(control, e))
+            self._unsubscribe = self._node.subscribe(self._on_note, start=self._node.count)
+        except BaseException:
+            await self.close()
+            raise
+        self._task = asyncio.create_task(self._serve(control), name="zflood-local-control")
+        self._watcher = asyncio.create_task(self._watch_subscriptions(pub), name="zflood-xpub")
+
+    @property
+    def pub_endpoints(self) -> list[str]:
+        return list(self._pub_bound)
+
+    @property
+    def control_endpoints(self) -> list[str]:
+        return list(self._control_bound)
+
+    async def close(self) -> None:
+        """Stop serving, close both sockets and remove their ipc files. Idempotent."""
+        self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
+        for sock in (self._pub, self._control):
+            if sock is not None:
+                sock.close(linger=0)
+        self._pub = self._control = self._pub_sync = None
+        for endpoint in [*self._pub_bound, *self._control_bound]:
+            if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+                # ZeroMQ unlinks it too, but later, from its I/O thread
+                with contextlib.suppress(OSError):
+                    os.unlink(endpoint[len("ipc://") :])
+        self._pub_bound, self._control_bound = [], []
+
+    # -- PUB -----------------------------------------------------------------------------------
+    def _on_note(self, note: Note) -> None:
+        pub = self._pub_sync
+        if pub is None or not self._topics:
+            return
+        try:
+            pub.send(protocol.TOPIC, _SNDMORE_NOBLOCK)
+            pub.send(cbor2.dumps(note_map(note)), _NOBLOCK)
+        except zmq.ZMQError as e:  # a lost PUB message is repaired by readers
+            log.debug("note %d not sent on PUB: %s", note.index, e)
+
+    def _subscription(self, msg: bytes) -> None:
+        """XPUB passes a topic's first subscription (b"\x01" + topic) and, when its last
+        subscriber leaves, its unsubscription (b"\x00" + topic)."""
+        if msg[:1] == b"\x01":
+            self._topics.add(msg[1:])
+        elif msg[:1] == b"\x00":
+            self._topics.discard(msg[1:])
+
+    async def _watch_subscriptions(self, pub: zmq.asyncio.Socket) -> None:
+        while True:
+            self._subscription(await pub.recv())
+
+    def refresh(self) -> None:
+        """Take in subscription changes now. Sends through the synchronous shadow can take
+        the wake-up the watcher waits for; the daemon calls this from its timer."""
+        pub = self._pub_sync
+        while pub is not None:
+            try:
+                self._subscription(pub.recv(_NOBLOCK))
+            except zmq.Again:
+                return
+
+    # -- control -------------------------------------------------------------------------------
+    async def _serve(self, control: zmq.asyncio.Socket) -> None:
+        # Wait on the asyncio socket, then drain through a synchronous shadow of it: reading
+        # until EAGAIN is what re-arms ZeroMQ's edge-triggered descriptor.
+        sock: zmq.Socket[bytes] = zmq.Socket.shadow(control.underlying)
+        while True:
+            try:
+                await control.poll()
+            except zmq.ZMQError as e:  # the context went away under us: nothing to serve
+                log.warning("local control socket stopped: %s", e)
+                return
+            replies: list[list[bytes]] = []
+            with self._node.batch():
+                for _ in range(protocol.BURST):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    reply = self._answer(frames)
+                    if reply is not None:
+                        replies.append(reply)
+            # Replies go after the batch has pushed new notes to peers: they wait for nothing.
+            for reply in replies:
+                try:
+                    # ROUTER drops a reply to a peer that left or whose queue is full
+                    sock.send_multipart(reply, zmq.NOBLOCK)
+                except zmq.ZMQError as e:
+                    log.debug("local API: reply not sent: %s", e)
+            await asyncio.sleep(0)  # a full burst must not starve the rest of the loop
+
+    def _answer(self, frames: list[bytes]) -> list[bytes] | None:
+        """The reply to one request (its envelope, then the CBOR map), or None."""
+        if len(frames) < 2:
+            return None  # a ROUTER always puts the peer's id first: nothing to answer
+        req: Any = None
+        try:
+            req = decode(frames[-1])
+            reply = self._handle(req)
+        except LocalError as e:
+            reply = {"ok": False, "error": one_line(str(e))}
+        except Exception as e:  # a bug or a failing disk: answer, keep serving
+            log.exception("local API: error handling a request")
+            reply = {"ok": False, "error": one_line(f"internal error: {type(e).__name__}: {e}")}
+        if isinstance(req, dict) and type(req.get("id")) in (int, str, bytes):
+            reply["id"] = req["id"]
+        try:
+            data = cbor2.dumps(reply)
+        except Exception as e:  # e.g. a status value CBOR cannot carry
+            log.exception("local API: cannot encode a reply")
+            data = cbor2.dumps({"ok": False, "error": one_line(f"cannot encode the reply: {e}"),
+                                **({"id": reply["id"]} if "id" in reply else {})})
+        return [*frames[:-1], data]
+
+    def _handle(self, req: Any) -> Map:
+        if not isinstance(req, dict):
+            raise LocalError("a request is a CBOR map")
+        op = req.get("op")
+        if op == "publish":
+            body = req.get("body")
+            if not isinstance(body, str | bytes):
+                raise LocalError("publish takes a \"body\" that is text or bytes")
+            return {"ok": True, "note": note_map(self._node.publish(body))}
+        if op == "status":
+            return {"ok": True, "status": self._status()}
+        if op == "read":
+            start = int_field(req, "start", 0, 0)
+            limit = min(int_field(req, "limit", protocol.READ_LIMIT, 1), protocol.READ_LIMIT)
+            notes: list[Map] = []
+            size, budget = 0, self._node.config.max_frame
+            nxt = start
+            for note in self._node.notes(start, start + limit):
+                size += body_size(note.body) + protocol.NOTE_OVERHEAD
+                if notes and size > budget:  # the reply must stay a sane size
+                    break
+                notes.append(note_map(note))
+                nxt = note.index + 1
+            return {"ok": True, "notes": notes, "next": nxt, "count": self._node.count}
+        if op == "link" and self._link is not None:
+            node, up = req.get("node"), req.get("up")
+            if not isinstance(node, bytes) or len(node) != 32 or not isinstance(up, bool):
+                raise LocalError("link takes a 32-byte \"node\" and \"up\": true or false")
+            self._link(node, up)
+            return {"ok": True}
+        raise LocalError(f"unknown op {op!r}: expected publish, status, read or link")
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Only this machine may reach the local API: it can publish as this node."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise LocalError(f"a local endpoint is ipc:// or tcp:// on loopback, not {endpoint!r}")
+    parts = tcp_parts(endpoint)
+    if parts is None:
+        raise LocalError(f"{endpoint!r} is not tcp://HOST:PORT")
+    host = parts[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise LocalError(f"a local tcp endpoint must be on loopback, not {endpoint!r}")
+
+
+def _bind(sock: zmq.Socket[Any], endpoint: str) -> str:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        raise LocalError(f"cannot bind {endpoint}: {e}") from None
+    bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return bound.decode() if isinstance(bound, bytes) else str(bound)
