@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from zflood.daemon import endpoints_of, open_node, save_group
 from zflood.identity import Group
 from zflood.local import Client
+from zflood.statedir import endpoints_of, open_node, save_group
 
 ZFLOOD = [sys.executable, "-m", "zflood"]
 WAIT = 10.0  # bound on anything a daemon does on loopback (it takes well under a second)

@@ -38,9 +38,9 @@ from daemons import (
 )
 
 from zflood import identity
-from zflood.daemon import ENDPOINTS, load_group, open_node
 from zflood.errors import BadJoinCode
 from zflood.identity import Group
+from zflood.statedir import ENDPOINTS, load_group, open_node
 
 SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo"]
 #: What each subcommand's --help must mention (its options and positionals).

@@ -29,11 +29,11 @@ import cbor2
 import zmq
 
 from zflood import wire
-from zflood.daemon import endpoints_of, open_node, read_endpoints, save_group
 from zflood.demo import wait
 from zflood.endpoints import tcp_port
 from zflood.identity import Group
 from zflood.local import Client
+from zflood.statedir import endpoints_of, open_node, read_endpoints, save_group
 
 BODY = b"x" * 100
 

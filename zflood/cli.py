@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 
 from . import __version__, wire
-from .errors import BadJoinCode, LocalError, ZfloodError
+from .errors import BadJoinCode, ConfigurationError, LocalError, ZfloodError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: a quick --help
     from .identity import Group
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .daemon import ConfigurationError, default_state_dir
+    from .statedir import default_state_dir
 
     state: Path = args.state or default_state_dir()
     try:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_init(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import load_group
     from .identity import Group
+    from .statedir import load_group
 
     if load_group(state) is not None:
         raise LocalError(f"{state} already belongs to a group (its join code: zflood status)")
@@ -123,8 +123,8 @@ def cmd_init(state: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_join(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import check_group
     from .identity import Group
+    from .statedir import check_group
 
     group = Group.from_join_code(args.code)
     check_group(state, group)
@@ -136,7 +136,7 @@ def cmd_join(state: Path, args: argparse.Namespace) -> int:
 def _enter(state: Path, group: Group) -> bytes:
     """Make `state` a member of `group`; returns its node id. The store is opened first: if
     it belongs to another group (its group.key lost), nothing is written."""
-    from .daemon import save_group
+    from .statedir import save_group
 
     node = _open(state, group)
     try:
@@ -183,7 +183,7 @@ def _client(state: Path, ends: dict[str, Any] | None = None) -> Client:
 
 def _running(state: Path) -> dict[str, Any] | None:
     """The endpoints of the daemon running in `state`, or None if none runs."""
-    from .daemon import STORE, read_endpoints
+    from .statedir import STORE, read_endpoints
     from .store import in_use
 
     try:
@@ -221,7 +221,7 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
 
 
 def _offline_node(state: Path) -> tuple[Node, Group]:
-    from .daemon import STORE, load_group
+    from .statedir import STORE, load_group
 
     group = load_group(state)
     if group is None or not (state / STORE).exists():
@@ -230,8 +230,8 @@ def _offline_node(state: Path) -> tuple[Node, Group]:
 
 
 def _open(state: Path, group: Group) -> Node:
-    from .daemon import open_node
     from .errors import StoreInUse
+    from .statedir import open_node
 
     try:
         return open_node(state, group)
@@ -260,7 +260,8 @@ def _note_line(note: dict[str, Any], as_json: bool) -> str:
 
 
 def cmd_status(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import load_group, node_status
+    from .daemon import node_status
+    from .statedir import load_group
 
     ends = _running(state)
     if ends:

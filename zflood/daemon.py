@@ -1,25 +1,23 @@
 """The daemon: one asyncio loop wiring the engine, the mesh, discovery and the local API.
 
-Theory of operation. A state directory holds `node.db` (the store, with the node's Ed25519
-key) and `group.key` (the group secret from `init` or `join`), both mode 0600. `run` opens the
-node, binds the local API (PUB + control), starts the ZAP handler and binds the ROUTER, dials
-static peers, announces itself over mDNS and browses for the group; each authenticated peer
-link becomes a Channel given to the engine. The loop reads the clock once per tick and passes
-it to `Node.tick` and the mesh; it writes `endpoints.json` so the CLI can find the sockets,
-tells systemd READY=1 when all of that is up, and feeds the watchdog from the same timer, so a
-stuck loop gets the service restarted. SIGTERM or Ctrl-C: STOPPING=1, mDNS goodbye, BYE to
-every peer, sockets closed, store closed.
+Theory of operation. A state directory (zflood.statedir) holds `node.db` (the store, with the
+node's Ed25519 key) and `group.key` (the group secret), both mode 0600. `run` opens the node,
+binds the local API (PUB + control), starts the ZAP handler and binds the ROUTER, dials static
+peers, announces itself over mDNS and browses for the group; each authenticated peer link
+becomes a Channel given to the engine. The loop reads the clock once per tick and passes it to
+`Node.tick` and the mesh; it writes `endpoints.json` so the CLI can find the sockets, tells
+systemd (zflood.systemd) READY=1 when all of that is up, and feeds the watchdog from the same
+timer, so a stuck loop gets the service restarted. SIGTERM or Ctrl-C: STOPPING=1, mDNS
+goodbye, BYE to every peer, sockets closed, store closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,145 +29,13 @@ from . import __version__, identity
 from .config import DEFAULT, Config
 from .discovery import Discovery
 from .errors import LocalError
-from .identity import Group
 from .local import LocalAPI, ipc_endpoints
 from .mesh import Link, Mesh
 from .node import Node
+from .statedir import DEFAULT_PORT, ENDPOINTS, load_group, open_node, write_endpoints
+from .systemd import join_from_credentials, sd_notify, watchdog_period
 
 log = logging.getLogger("zflood.daemon")
-
-STORE = "node.db"
-GROUP = "group.key"
-ENDPOINTS = "endpoints.json"
-DEFAULT_PORT = 4077
-
-
-# -- the state directory ---------------------------------------------------------------------
-
-
-def default_state_dir() -> Path:
-    """--state, else $ZFLOOD_STATE, else $STATE_DIRECTORY (systemd), else the data dir."""
-    for var in ("ZFLOOD_STATE", "STATE_DIRECTORY"):
-        value = os.environ.get(var)
-        if value:
-            return Path(value.split(":")[0])
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(data) / "zflood"
-
-
-def load_group(state: Path) -> Group | None:
-    path = state / GROUP
-    try:
-        return Group(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise LocalError(f"cannot read {path}: {e}") from None
-
-
-def check_group(state: Path, group: Group) -> None:
-    """Refuse a state directory that belongs to another group."""
-    old = load_group(state)
-    if old is not None and old != group:
-        raise LocalError(f"{state} already belongs to group {old.id.hex()}; use another --state")
-
-
-def save_group(state: Path, group: Group) -> None:
-    """Write the group secret (mode 0600, created atomically); refuses to change group."""
-    check_group(state, group)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = state / (GROUP + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(group.secret)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state / GROUP)
-
-
-class ConfigurationError(LocalError):
-    """The service cannot start until someone fixes its setup; systemd must not restart it
-    (the unit's RestartPreventExitStatus names EX_CONFIG)."""
-
-    exit_status = 78  # EX_CONFIG
-
-
-def join_from_credentials(state: Path) -> None:
-    """Under systemd, `LoadCredential=join:/etc/zflood/INSTANCE.join` hands over the code;
-    an empty credential means "no code" (the unit's fallback when the file is missing)."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not creds:
-        return
-    try:
-        text = Path(creds, "join").read_text().strip()
-    except FileNotFoundError:
-        text = ""
-    current = load_group(state)
-    if not text:
-        if current is None:
-            instance = state.name
-            raise ConfigurationError(
-                f"no join code: put it in /etc/zflood/{instance}.join (mode 0600), then "
-                f"systemctl restart zflood@{instance}"
-            )
-        return
-    group = Group.from_join_code(text)
-    if current is None:
-        save_group(state, group)
-        log.info("joined group %s with the code from the systemd credential", group.id.hex())
-    elif current != group:
-        raise ConfigurationError(
-            f"{state} belongs to group {current.id.hex()}, the join credential to "
-            f"{group.id.hex()}: remove one of them"
-        )
-
-
-def open_node(state: Path, group: Group, config: Config = DEFAULT) -> Node:
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Node(path=str(state / STORE), group=group.id, config=config)
-
-
-def read_endpoints(state: Path) -> dict[str, Any]:
-    """What a running daemon wrote at start: where its control and PUB sockets are."""
-    try:
-        data: dict[str, Any] = json.loads((state / ENDPOINTS).read_text())
-    except (OSError, ValueError):
-        raise LocalError(f"no zflood daemon has run in {state} (start one: zflood run)") from None
-    return data
-
-
-def endpoints_of(state: Path, pid: int) -> dict[str, Any] | None:
-    """`read_endpoints`, once the daemon with this `pid` has written them; None before. A
-    killed daemon leaves its file behind: only the one naming this pid counts."""
-    try:
-        ends = read_endpoints(state)
-    except LocalError:
-        return None
-    return ends if ends.get("pid") == pid else None
-
-
-# -- systemd ---------------------------------------------------------------------------------
-
-
-def sd_notify(message: str) -> None:
-    """The sd_notify protocol without libsystemd: one datagram to $NOTIFY_SOCKET."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-        s.connect(path)
-        s.sendall(message.encode())
-
-
-def watchdog_period() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 1e6 / 2
-
 
 # -- the daemon ------------------------------------------------------------------------------
 
@@ -288,9 +154,7 @@ class Daemon:
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,
         }
-        tmp = self.state / (ENDPOINTS + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state / ENDPOINTS)
+        write_endpoints(self.state, data)
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None and self.mesh is not None and self.local is not None

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .daemon import endpoints_of
 from .errors import LocalError
 from .local import Client
+from .statedir import endpoints_of
 
 NAMES = "abc"
 

@@ -28,5 +28,12 @@ class BadJoinCode(LocalError):
     """A join code that does not parse or whose checksum does not match."""
 
 
+class ConfigurationError(LocalError):
+    """The service cannot start until someone fixes its setup; systemd must not restart it
+    (the unit's RestartPreventExitStatus names EX_CONFIG)."""
+
+    exit_status = 78  # EX_CONFIG
+
+
 class RemoteProtocolError(ZfloodError):
     """A peer sent something invalid; the channel it came on gets closed."""
