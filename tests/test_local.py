@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -19,8 +20,10 @@ import cbor2
 import pytest
 import zmq
 import zmq.asyncio
+from zmq.utils.garbage import GarbageCollectorThread
 
 from zflood import local
+from zflood.config import DEFAULT, Config, MiB
 from zflood.errors import LocalError
 from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints, protocol
 from zflood.node import Node
@@ -35,13 +38,14 @@ class Daemon:
     engine is not thread-safe and its SQLite connection belongs to the loop thread."""
 
     def __init__(self, directory: Path, api_class: type[LocalAPI] = LocalAPI,
-                 tcp: bool = False) -> None:
+                 tcp: bool = False, config: Config = DEFAULT) -> None:
         self.directory = directory
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="daemon-loop")
         self.thread.start()
         self.ctx = zmq.asyncio.Context()
-        self.node: Node = self.call(lambda: Node(path=str(directory / "store.db")))
+        self.node: Node = self.call(lambda: Node(path=str(directory / "store.db"),
+                                                  config=config))
         pub, control = ipc_endpoints(directory)
         extra = ["tcp://127.0.0.1:0"] if tcp else []
         self.status: Callable[[], dict[str, Any]] = lambda: {"count": self.node.count}
@@ -95,13 +99,19 @@ class Daemon:
         assert not leaked, f"sockets left open: {leaked}"
 
 
+def threads() -> set[threading.Thread]:
+    """Running threads but pyzmq's garbage collector, which is started once, on the first
+    reply handed to ZeroMQ without a copy, and serves the whole process from then on."""
+    return {t for t in threading.enumerate() if not isinstance(t, GarbageCollectorThread)}
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    threads = threading.active_count()
+    before = threads()
     d = Daemon(tmp_path)
     yield d
     d.close()
-    assert threading.active_count() == threads, "a thread outlived the test"
+    assert threads() == before, "a thread outlived the test"
 
 
 @pytest.fixture
@@ -354,6 +364,51 @@ def test_a_request_given_up_on_is_not_run_by_a_daemon_that_starts_later(tmp_path
             assert d.call(lambda: d.node.count) == 0
         finally:
             d.close()
+
+
+def rss() -> int:
+    """This process's resident set, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_client_that_never_reads_its_replies_costs_a_bounded_number_of_bytes(
+    tmp_path: Path,
+) -> None:
+    config = Config(local_client_bytes=1 * MiB, local_total_bytes=4 * MiB)
+    d = Daemon(tmp_path, config=config)
+    asked = 200  # each reply is about 2 MiB: 400 MiB if they all waited for the client
+    ctx = zmq.Context()
+    try:
+        d.call(lambda: d.node.publish_many([bytes(200 * 1024)] * 40))
+        before = rss()
+        bad = ctx.socket(zmq.DEALER)
+        bad.setsockopt(zmq.LINGER, 0)
+        bad.setsockopt(zmq.RCVHWM, 1)  # so what it does not read stays in the daemon
+        bad.setsockopt(zmq.RCVBUF, 4096)
+        bad.connect(d.api.control_endpoints[0])
+        for i in range(asked):
+            bad.send(cbor2.dumps({"op": "read", "start": 0, "limit": 1000, "id": i}))
+        deadline = time.monotonic() + WAIT
+        while (stats := d.call(d.api.stats))["requests"] < asked:
+            assert time.monotonic() < deadline, f"the requests were not all read: {stats}"
+            time.sleep(0.01)
+        assert stats["queued_bytes"] <= config.local_client_bytes + config.max_frame, stats
+        assert stats["dropped_requests"] >= asked - 10, stats
+        assert rss() - before < 64 * MiB
+        with d.client() as good:  # another client, and the daemon, are served as before
+            notes, nxt = good.read(0)
+            assert nxt == len(notes) and len(notes) >= 9
+            assert good.status() == {"count": 40}
+        bad.close(linger=0)
+        deadline = time.monotonic() + WAIT
+        while (stats := d.call(d.api.stats))["queued_bytes"]:  # freed with its connection
+            assert time.monotonic() < deadline, f"replies held after the client left: {stats}"
+            time.sleep(0.01)
+        assert stats["clients"] == 0
+    finally:
+        ctx.destroy(linger=0)
+        d.close()
 
 
 # -- follow ------------------------------------------------------------------------------------

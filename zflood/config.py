@@ -47,6 +47,13 @@ class Config:
     #: Frames queued towards one peer before ZeroMQ drops (the engine recovers losses).
     send_hwm: int = 10_000
 
+    # -- local API -----------------------------------------------------------------------------
+    #: Reply bytes ZeroMQ may still hold for one local client; while it holds more (the client
+    #: does not read), that client's requests are dropped unanswered.
+    local_client_bytes: int = 8 * MiB
+    #: The same for all local clients together; a client with nothing unread is always served.
+    local_total_bytes: int = 64 * MiB
+
     def __post_init__(self) -> None:
         if self.batch_notes < 1 or self.window_batches < 1:
             raise ValueError("batch_notes and window_batches must be at least 1")

@@ -165,6 +165,7 @@ class Daemon:
             "control": self.local.control_endpoints,
             "peers": self.mesh.links(),
             "discovery": self.discovery is not None,
+            "local": self.local.stats(),  # what waits for local clients that do not read
         }
 
 

@@ -15,6 +15,14 @@ per peer. ZMQ_MAXMSGSIZE drops a request larger than a frame before it is parsed
 cuts that connection; `Client` refuses to send one); anything else that is wrong gets
 {"ok": false, "error": "..."}. The "link" op {node, up} cuts (up false) or heals the daemon's
 link to one peer, which then gets notes only through other members.
+
+What waits for a client is bounded in bytes, not only in messages. A reply of `TRACK_FROM`
+bytes or more is handed to ZeroMQ without a copy and tracked until ZeroMQ lets it go (written
+to the kernel, or dropped with its connection); smaller ones are copied and bounded by the
+socket's SNDHWM. A request from a client whose tracked replies exceed `local_client_bytes` (or
+from a client with anything unread while all clients together exceed `local_total_bytes`) is
+dropped unanswered and counted: a client that never reads costs at most about one budget plus
+one reply, and a client that reads what it asked is never refused.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +43,7 @@ import zmq.asyncio
 from ..endpoints import tcp_parts
 from ..errors import LocalError
 from ..node import Node
+from ..quietlog import QuietLog
 from ..store import Note
 from ..wire import body_size
 from . import protocol
@@ -44,6 +54,63 @@ log = logging.getLogger("zflood.local")
 # plain ints: enum arithmetic costs more than the send itself
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+#: Replies this large are tracked (not copied); below it a copy is cheaper than the tracking.
+TRACK_FROM = 4096
+
+
+class Outbox:
+    """Reply bytes ZeroMQ still holds, per control client (its ROUTER routing id)."""
+
+    def __init__(self, per_client: int, total: int) -> None:
+        self.per_client = per_client
+        self.total = total
+        self._held: dict[bytes, deque[tuple[zmq.MessageTracker, int]]] = {}
+        self._bytes: dict[bytes, int] = {}
+        self._sum = 0
+
+    def held(self, client: bytes) -> int:
+        """Bytes of replies to `client` that ZeroMQ has not let go yet."""
+        queue = self._held.get(client)
+        if queue is None:
+            return 0
+        freed = 0
+        while queue and queue[0][0].done:  # one connection's messages go out in order
+            freed += queue.popleft()[1]
+        left = self._bytes[client] - freed
+        self._sum -= freed
+        if queue:
+            self._bytes[client] = left
+        else:
+            del self._held[client], self._bytes[client]
+        return left
+
+    def queued(self) -> int:
+        """Bytes held for all clients together."""
+        for client in list(self._held):
+            self.held(client)
+        return self._sum
+
+    @property
+    def clients(self) -> int:
+        """Clients with replies held."""
+        return len(self._held)
+
+    def admits(self, client: bytes, pending: int) -> bool:
+        """Whether a request from `client` is served, with `pending` reply bytes of this burst
+        not handed to ZeroMQ yet."""
+        held = self.held(client) + pending
+        if held == 0:
+            return True
+        if held >= self.per_client:
+            return False
+        return self._sum + pending < self.total or self.queued() + pending < self.total
+
+    def sent(self, client: bytes, tracker: zmq.MessageTracker, size: int) -> None:
+        if tracker.done:
+            return
+        self._held.setdefault(client, deque()).append((tracker, size))
+        self._bytes[client] = self._bytes.get(client, 0) + size
+        self._sum += size
 
 
 class LocalAPI:
@@ -77,6 +144,18 @@ class LocalAPI:
         self._watcher: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
+        config = node.config
+        self.outbox = Outbox(config.local_client_bytes, config.local_total_bytes)
+        self.requests = 0  # requests read from the control socket
+        self.dropped = 0  # of these, dropped unanswered: their clients left too much unread
+        self._quiet = QuietLog(log)
+
+    def stats(self) -> dict[str, int]:
+        """What waits for control clients: clients with replies unread, their bytes, requests
+        read so far, and of these the ones dropped because their clients did not read."""
+        queued = self.outbox.queued()  # first: it lets go of what ZeroMQ freed
+        return {"clients": self.outbox.clients, "queued_bytes": queued,
+                "requests": self.requests, "dropped_requests": self.dropped}
 
     async def start(self) -> None:
         """Bind both sockets, subscribe to the node and start serving requests."""
@@ -164,6 +243,7 @@ class LocalAPI:
     def refresh(self) -> None:
         """Take in subscription changes now. Sends through the synchronous shadow can take
         the wake-up the watcher waits for; the daemon calls this from its timer."""
+        self._quiet.flush(asyncio.get_running_loop().time())
         pub = self._pub_sync
         while pub is not None:
             try:
@@ -176,6 +256,8 @@ class LocalAPI:
         # Wait on the asyncio socket, then drain through a synchronous shadow of it: reading
         # until EAGAIN is what re-arms ZeroMQ's edge-triggered descriptor.
         sock: zmq.Socket[bytes] = zmq.Socket.shadow(control.underlying)
+        sock.copy_threshold = TRACK_FROM
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await control.poll()
@@ -183,23 +265,40 @@ class LocalAPI:
                 log.warning("local control socket stopped: %s", e)
                 return
             replies: list[list[bytes]] = []
+            pending: dict[bytes, int] = {}  # reply bytes of this burst, by client
             with self._node.batch():
                 for _ in range(protocol.BURST):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    self.requests += 1
+                    client = frames[0]
+                    if not self.outbox.admits(client, pending.get(client, 0)):
+                        self._refuse(loop.time(), client, pending.get(client, 0))
+                        continue
                     reply = self._answer(frames)
                     if reply is not None:
                         replies.append(reply)
+                        pending[client] = pending.get(client, 0) + len(reply[-1])
             # Replies go after the batch has pushed new notes to peers: they wait for nothing.
             for reply in replies:
                 try:
                     # ROUTER drops a reply to a peer that left or whose queue is full
-                    sock.send_multipart(reply, zmq.NOBLOCK)
+                    tracker = sock.send_multipart(reply, zmq.NOBLOCK, copy=False, track=True)
                 except zmq.ZMQError as e:
                     log.debug("local API: reply not sent: %s", e)
+                    continue
+                if tracker is not None and len(reply[-1]) >= TRACK_FROM:
+                    self.outbox.sent(reply[0], tracker, len(reply[-1]))
             await asyncio.sleep(0)  # a full burst must not starve the rest of the loop
+
+    def _refuse(self, now: float, client: bytes, pending: int) -> None:
+        self.dropped += 1
+        self._quiet.fault(
+            now, "unread replies", client.hex(),
+            "local API: a client leaves %d bytes of replies unread; its requests are dropped"
+            " until it reads them", self.outbox.held(client) + pending)
 
     def _answer(self, frames: list[bytes]) -> list[bytes] | None:
         """The reply to one request (its envelope, then the CBOR map), or None."""
