@@ -272,6 +272,94 @@ def test_join_accepts_a_code_retyped_in_capitals_with_spaces(tmp: Path) -> None:
     assert load_group(tmp / "b") == Group.from_join_code(code)
 
 
+def test_join_reads_the_code_from_stdin_after_a_dash(tmp: Path) -> None:
+    code = member(tmp / "a")
+    ok("join", "-", state=tmp / "b", stdin=f"{code}\nanything after the first line\n".encode())
+    assert load_group(tmp / "b") == Group.from_join_code(code)
+
+
+@pytest.mark.parametrize("stdin", [b"", b"\n", b"   \n", b"hello\n", b"\xff\xfe\n"],
+                         ids=["empty", "blank line", "spaces", "garbage", "not utf-8"])
+def test_join_dash_without_a_good_code_on_stdin_is_one_line_exit_2(tmp: Path,
+                                                                   stdin: bytes) -> None:
+    member(tmp / "a")
+    line = assert_one_line_error(zflood("join", "-", state=tmp / "b", stdin=stdin), code=2)
+    assert "join code" in line, line
+    assert load_group(tmp / "b") is None
+
+
+def test_join_help_offers_the_prompt_and_stdin_and_discourages_the_argument() -> None:
+    text = " ".join(ok("join", "--help").out.split())
+    assert "asked for on the terminal, not echoed" in text
+    assert "- to read the code from stdin" in text
+    assert "discouraged" in text and "process list" in text
+
+
+def test_join_without_an_argument_or_a_terminal_is_one_line_exit_2(tmp: Path) -> None:
+    """Without a terminal to prompt on, it must not fall back to reading stdin with echo
+    (getpass would): it says how to pipe the code instead."""
+    member(tmp / "a")
+    p = subprocess.run([*ZFLOOD, "--state", str(tmp / "b"), "join"], input=b"", env=ENV,
+                       capture_output=True, timeout=QUICK, start_new_session=True)
+    r = Result(p.returncode, p.stdout.decode(), p.stderr.decode(), p.stdout)
+    line = assert_one_line_error(r, code=2)
+    assert "zflood join -" in line, line
+    assert load_group(tmp / "b") is None
+
+
+# The child makes the pty its controlling terminal, so that /dev/tty is the pty, then runs zflood.
+_ON_A_TERMINAL = ("import fcntl, os, sys, termios; os.setsid(); "
+                  "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.executable, sys.argv[1:])")
+
+
+def _on_a_terminal(argv: list[str], typed: bytes, prompt: bytes) -> tuple[int, bytes]:
+    """Run `argv` on a new pseudo-terminal; once `prompt` appears, type `typed`. Returns the
+    exit status and everything the terminal showed."""
+    master, slave = os.openpty()
+    try:
+        with subprocess.Popen([sys.executable, "-c", _ON_A_TERMINAL, *argv], stdin=slave,
+                              stdout=slave, stderr=slave, env=ENV, close_fds=True) as p:
+            os.close(slave)
+            slave = -1
+            shown, sent = b"", False
+            deadline = time.monotonic() + QUICK
+            try:
+                while (left := deadline - time.monotonic()) > 0:
+                    if not select.select([master], [], [], left)[0]:
+                        break
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # EIO: the child closed the terminal
+                        break
+                    if not chunk:
+                        break
+                    shown += chunk
+                    if not sent and prompt in shown:
+                        os.write(master, typed)
+                        sent = True
+                assert sent, f"no prompt on the terminal: {shown!r}"
+                return p.wait(QUICK), shown
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(QUICK)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_join_without_an_argument_asks_on_the_terminal_and_does_not_echo(tmp: Path) -> None:
+    code = member(tmp / "a")
+    status, shown = _on_a_terminal([*ZFLOOD, "--state", str(tmp / "b"), "join"],
+                                   code.encode() + b"\n", b"join code")
+    assert status == 0, shown
+    assert b"joined group" in shown, shown
+    secret = code.encode()
+    assert secret not in shown and secret[-12:] not in shown, "the typed code was echoed"
+    assert load_group(tmp / "b") == Group.from_join_code(code)
+
+
 def _one_char_changed(code: str, pos: int) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz234567"
     new = alphabet[(alphabet.index(code[pos]) + 1) % len(alphabet)]
@@ -366,7 +454,7 @@ def test_state_dir_comes_from_zflood_state_and_state_flag_wins(tmp: Path) -> Non
 
 @pytest.mark.parametrize(
     "argv",
-    [["frobnicate"], [], ["join"], ["publish"], ["export"], ["import"], ["--state"],
+    [["frobnicate"], [], ["join", "a", "b"], ["publish"], ["export"], ["import"], ["--state"],
      ["run", "--peer"], ["publish", "x", "--nope"], ["demo", "--seconds", "soon"]],
     ids=lambda a: " ".join(a) or "nothing",
 )

@@ -46,8 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("init", help="start a new group here; prints its join code last")
-    j = sub.add_parser("join", help="join the group of a join code")
-    j.add_argument("code", help="the code `zflood init` printed on another member")
+    j = sub.add_parser(
+        "join", help="join the group of a join code (asked for; or - to read it from stdin)",
+        description="Join the group of a join code. With no argument the code is asked for "
+        "on the terminal, not echoed; with - it is read from stdin (the first line).",
+    )
+    j.add_argument("code", nargs="?", metavar="code",
+                   help="- to read the code from stdin. The code itself is still accepted "
+                   "here but discouraged: it stays in shell history and in the process list, "
+                   "where every user of this machine can read it")
 
     r = sub.add_parser("run", help="serve in the foreground (Ctrl-C or SIGTERM stops)")
     r.add_argument("--listen", metavar="ENDPOINT",
@@ -126,11 +133,44 @@ def cmd_join(state: Path, args: argparse.Namespace) -> int:
     from .identity import Group
     from .statedir import check_group
 
-    group = Group.from_join_code(args.code)
+    group = Group.from_join_code(_join_code(args.code))
     check_group(state, group)
     node = _enter(state, group)
     print(f"node {node.hex()} joined group {group.id.hex()}; now: zflood run")
     return 0
+
+
+#: A join code is about 70 characters; reading stops here, whatever is piped in.
+_CODE_READ_LIMIT = 4096
+
+
+def _join_code(arg: str | None) -> str:
+    """The join code: `arg` itself, the first line of stdin for "-", or asked for without
+    echo on the terminal when there is no argument (never argv: other users can read it)."""
+    if arg is not None and arg != "-":
+        return arg
+    if arg == "-":
+        try:
+            line = sys.stdin.readline(_CODE_READ_LIMIT)
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadArgument(f"cannot read a join code from stdin: {e}") from None
+        if not line.strip():
+            raise BadJoinCode("stdin held no join code (zflood join - reads its first line)")
+        return line
+    import getpass
+
+    try:  # getpass would fall back to reading stdin with echo on: refuse that instead
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise BadArgument("no terminal to ask for the join code on: pipe it to `zflood join -`"
+                          ) from None
+    try:
+        code = getpass.getpass("join code (not shown): ")
+    except EOFError:
+        code = ""
+    if not code.strip():
+        raise BadJoinCode("no join code was typed")
+    return code
 
 
 def _enter(state: Path, group: Group) -> bytes:
