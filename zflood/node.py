@@ -37,7 +37,8 @@ import cbor2
 from . import wire
 from .config import DEFAULT, Config
 from .errors import LocalError, NodeClosed, RemoteProtocolError
-from .identity import GENESIS, SigningKey, note_id, verify
+from .identity import GENESIS, SigningKey, note_id
+from .log import Log
 from .store import Body, Fork, Note, Row, Store
 
 log = logging.getLogger("zflood.node")
@@ -153,11 +154,7 @@ class Node:
             self._store.set_meta("group", group)
         self.id: bytes = self._key.public
         self.group: bytes = group
-        self._count: dict[bytes, int] = {}
-        self._head: dict[bytes, bytes] = {}
-        for origin, (count, head) in self._store.heads().items():
-            self._count[origin] = count
-            self._head[origin] = head
+        self._log = Log(self._store)  # the one place that knows each origin's count and head
         self._own_sig: tuple[int, bytes] | None = None  # (seqno, sig) of our latest signed note
         self._peers: list[_Peer] = []
         self._requests: dict[bytes, _Request] = {}
@@ -203,16 +200,14 @@ class Node:
         if not bodies:
             return []
         origin = self.id
-        start = seqno = self._count.get(origin, 0)
-        nid = prev = self._head.get(origin, GENESIS)
+        start = seqno = self._log.count(origin)
+        nid = prev = self._log.head(origin)
         rows: list[Row] = []
         for body in bodies:
             nid = note_id(origin, seqno, nid, body)
             rows.append((nid, None, body))
             seqno += 1
-        index = self._store.append(origin, start, rows)
-        self._count[origin] = seqno
-        self._head[origin] = nid
+        index = self._log.append(origin, start, rows)
         self.stats.published += len(rows)
         notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
         if self._handlers:
@@ -241,7 +236,7 @@ class Node:
         """Identity and every held note as one portable CBOR value (`Node(pickled)` reads it)."""
         self._check_open()
         origins = {}
-        for origin, count in self._count.items():
+        for origin, count in self._log.counts().items():
             rows = self._store.read(origin, 0, count)
             if origin == self.id:  # our own chain needs no signatures: the key comes along
                 origins[origin] = [[body, None] for _, _, body in rows]
@@ -266,7 +261,7 @@ class Node:
                     self._send_hello(peer)
                 if peer.ready and now - sync_at >= c.sync_interval:
                     peer.sync_at = now
-                    self._send(peer, wire.Heads(dict(self._count)))
+                    self._send(peer, wire.Heads(self._log.counts()))
             for origin, req in list(self._requests.items()):
                 if req.progress_at is None:
                     req.progress_at = now
@@ -310,7 +305,7 @@ class Node:
     @property
     def heads(self) -> dict[bytes, int]:
         """For every origin held: how many of its notes (the next seqno)."""
-        return dict(self._count)
+        return self._log.counts()
 
     @property
     def count(self) -> int:
@@ -330,14 +325,14 @@ class Node:
         """Every held note as signed batches, origin by origin: what `import_notes` takes,
         here or on another member, and checks exactly as it checks a peer's batches."""
         self._check_open()
-        for origin, have in list(self._count.items()):
+        for origin, have in self._log.counts().items():
             yield from self._batches(origin, 0, have, have)
 
     def import_notes(self, batch: wire.Notes) -> int:
         """Take a batch from an export; returns how many notes were new. A batch that does
         not check out raises `LocalError`; a fork is recorded as if a peer had sent it."""
         self._check_open()
-        have = self._count.get(batch.origin, 0)
+        have = self._log.count(batch.origin)
         if (
             batch.start > have or batch.prev != self._id_at(batch.origin, batch.start - 1, have)
         ) and any(fork.origin == batch.origin for fork in self.forks):
@@ -440,7 +435,7 @@ class Node:
             self._unpushed = True
             # what changed since our hello went out is announced now (our own notes are
             # pushed by _push_own at the end of this batch)
-            for origin in self._count:
+            for origin in self._log.counts():
                 if origin != self.id:
                     self._announce_to(peer, origin)
 
@@ -449,7 +444,7 @@ class Node:
         a fork; ask it for that note, whose signed answer is the proof."""
         for origin, tip in msg.tips.items():
             count = msg.heads.get(origin, 0)
-            have = self._count.get(origin, 0)
+            have = self._log.count(origin)
             if (
                 0 < count <= have
                 and origin not in peer.forked
@@ -461,7 +456,7 @@ class Node:
         for origin, count in heads.items():
             if count > peer.heads.get(origin, 0):
                 peer.heads[origin] = count
-            if count > self._count.get(origin, 0):
+            if count > self._log.count(origin):
                 self._plan(origin)
 
     def _on_notes(self, peer: _Peer, msg: wire.Notes) -> None:
@@ -496,21 +491,13 @@ class Node:
         """Check a signed run of `origin`'s notes and store what is new in it."""
         if origin in peer.forked or peer.closed:
             return
-        have = self._count.get(origin, 0)
+        have = self._log.count(origin)
         end = start + len(bodies)
         if start > have:
             self._on_gap(peer, origin)
             return
-        if start == 0 and prev != GENESIS:
-            raise RemoteProtocolError("a log's first note must follow the genesis id")
-        ids = []
-        nid = prev
-        for i, body in enumerate(bodies):
-            nid = note_id(origin, start + i, nid, body)
-            ids.append(nid)
         self.stats.verifies += 1
-        if not verify(origin, sig, ids[-1]):
-            raise RemoteProtocolError(f"bad signature on {_h(origin)} notes {start}..{end - 1}")
+        ids = self._log.check(origin, start, prev, bodies, sig)
         # Validly signed. Does it continue our chain? If not, the origin signed two chains.
         ours = self._id_at(origin, start - 1, have)
         if prev != ours:
@@ -531,9 +518,7 @@ class Node:
         rows: list[Row] = [(ids[i], None, bodies[i]) for i in range(skip, len(bodies))]
         last = rows[-1]
         rows[-1] = (last[0], sig, last[2])
-        first_index = self._store.append(origin, have, rows)
-        self._count[origin] = end
-        self._head[origin] = ids[-1]
+        first_index = self._log.append(origin, have, rows)
         self.stats.accepted += len(rows)
         for i, (nid, _, body) in enumerate(rows):
             self._deliver(Note(origin, have + i, body, nid, first_index + i))
@@ -545,13 +530,7 @@ class Node:
             self._fresh = None
 
     def _id_at(self, origin: bytes, seqno: int, have: int) -> bytes:
-        if seqno < 0:
-            return GENESIS
-        if seqno == have - 1:
-            return self._head[origin]
-        found = self._store.id_at(origin, seqno)
-        assert found is not None
-        return found
+        return self._log.id_at(origin, seqno)
 
     def _fork(
         self, peer: _Peer, origin: bytes, seqno: int, ours: bytes, theirs: bytes,
@@ -559,9 +538,7 @@ class Node:
     ) -> None:
         """`origin` signed two chains that differ at `seqno`. Keep ours, keep the proof (the
         signed batch that vouches for theirs), stop taking this origin from `peer`."""
-        evidence = cbor2.dumps({"start": start, "prev": prev, "bodies": list(bodies), "sig": sig})
-        fork = Fork(origin, seqno, ours, theirs, evidence)
-        if self._store.add_fork(fork):
+        if self._log.add_fork(origin, seqno, ours, theirs, start, prev, bodies, sig):
             log.warning("%s: origin %s forked at seqno %d (seen from %s); keeping ours",
                         self, _h(origin), seqno, _h(peer.node))
         peer.forked.add(origin)
@@ -574,7 +551,7 @@ class Node:
         """Notes arrived past our head: a frame was lost on this channel (they keep order)."""
         req = self._requests.get(origin)
         if req is not None and req.peer is peer:
-            if req.start == self._count.get(origin, 0):
+            if req.start == self._log.count(origin):
                 return  # already re-asked from here; these are stale batches
             del self._requests[origin]
         self._plan(origin)
@@ -588,7 +565,7 @@ class Node:
     # -- pulling -------------------------------------------------------------------------------
     def _plan(self, origin: bytes) -> None:
         """Make sure what peers have of `origin` beyond our head is being asked of one peer."""
-        have = self._count.get(origin, 0)
+        have = self._log.count(origin)
         window = self.config.batch_notes * self.config.window_batches
         req = self._requests.get(origin)
         if req is not None:
@@ -621,7 +598,7 @@ class Node:
     # -- serving -------------------------------------------------------------------------------
     def _serve(self, peer: _Peer, want: wire.Want) -> None:
         origin = want.origin
-        have = self._count.get(origin, 0)
+        have = self._log.count(origin)
         limit = self.config.batch_notes * self.config.window_batches
         end = min(want.end, have, want.start + limit)
         pos = want.start
@@ -677,7 +654,7 @@ class Node:
             return self._own_sig[1]
         sig = self._key.sign(nid)
         self.stats.signatures += 1
-        if seqno == self._count[self.id] - 1:
+        if seqno == self._log.count(self.id) - 1:
             self._own_sig = (seqno, sig)
         return sig
 
@@ -687,7 +664,7 @@ class Node:
         fresh, self._fresh = self._fresh, None
         self._unpushed = False
         origin = self.id
-        have = self._count.get(origin, 0)
+        have = self._log.count(origin)
         frames: dict[int, bytes | None] = {}  # by the seqno a push starts at: sign once
         for peer in self._peers:
             if peer.closed or not peer.ready:
@@ -720,11 +697,11 @@ class Node:
             bodies = [r[2] for r in self._store.read(origin, start, have)]
         if len(bodies) > 1 and sum(map(len, bodies)) > self.config.batch_bytes:
             return None
-        sig = self._sign_own(have - 1, self._head[origin])
+        sig = self._sign_own(have - 1, self._log.head(origin))
         return wire.encode_notes(origin, start, prev, bodies, sig)
 
     def _announce_to(self, peer: _Peer, origin: bytes) -> None:
-        have = self._count.get(origin, 0)
+        have = self._log.count(origin)
         if (
             peer.closed
             or not peer.ready
@@ -766,8 +743,9 @@ class Node:
 
     def _send_hello(self, peer: _Peer) -> None:
         peer.hello_at = self._now
-        peer.announced = dict(self._count)
-        hello = wire.Hello(wire.VERSION, self.group, self.id, dict(self._count), dict(self._head),
+        counts = self._log.counts()
+        peer.announced = dict(counts)
+        hello = wire.Hello(wire.VERSION, self.group, self.id, counts, self._log.tips(),
                            self._linked(), peer.ready)
         self._send(peer, hello)
 

@@ -123,6 +123,24 @@ class Store:
         """For every origin: (count held, id of the last note)."""
         return {self._origins[no]: (s.last + 1, s.last_id) for no, s in self._spans.items()}
 
+    def count(self, origin: bytes) -> int:
+        """How many of `origin`'s notes are held (its next seqno)."""
+        span = self._spans.get(self._origin_no.get(origin, -1))
+        return 0 if span is None else span.last + 1
+
+    def head(self, origin: bytes) -> bytes | None:
+        """The id of `origin`'s last held note, None if none is held."""
+        span = self._spans.get(self._origin_no.get(origin, -1))
+        return None if span is None else span.last_id
+
+    def counts(self) -> dict[bytes, int]:
+        """For every origin held: how many of its notes."""
+        return {self._origins[no]: s.last + 1 for no, s in self._spans.items()}
+
+    def tips(self) -> dict[bytes, bytes]:
+        """For every origin held: the id of its last note."""
+        return {self._origins[no]: s.last_id for no, s in self._spans.items()}
+
     def _no(self, origin: bytes) -> int:
         no = self._origin_no.get(origin)
         if no is None:
