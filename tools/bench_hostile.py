@@ -51,9 +51,9 @@ from typing import IO, Any, Protocol
 import cbor2
 import zmq
 
-from zflood.daemon import endpoints_of, open_node, save_group
 from zflood.identity import Group
 from zflood.local import Client, DaemonUnavailable
+from zflood.statedir import endpoints_of, open_node, save_group
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "hostile_peer.py"
