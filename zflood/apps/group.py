@@ -1,0 +1,99 @@
+"""What an app holds of its group: the running daemon's local API, or the store itself.
+
+An app must work with the daemon stopped (a laptop offline, the daemon not started yet): its
+notes then go straight into the store and leave with the next `zflood run`, exactly like
+`zflood publish`. `open_group(state)` returns a `Group` over the daemon's control socket when a
+daemon holds the store, else over the store opened directly (which the daemon then cannot open
+until the app closes it: apps keep that short).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import LocalError
+
+Map = dict[str, Any]
+
+
+class Group(Protocol):
+    running: bool
+
+    def publish(self, body: bytes | str) -> Map: ...
+    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]: ...
+    def close(self) -> None: ...
+
+
+class Online:
+    running = True
+
+    def __init__(self, control: str, pub: str | None) -> None:
+        from ..local import Client
+
+        self.client = Client(control, pub)
+
+    def publish(self, body: bytes | str) -> Map:
+        return self.client.publish(body)
+
+    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]:
+        return self.client.read(start, limit)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Offline:
+    running = False
+
+    def __init__(self, state: Path) -> None:
+        from ..cli import _offline_node
+
+        self.node, _ = _offline_node(state)
+
+    def publish(self, body: bytes | str) -> Map:
+        from ..local import note_map
+
+        return note_map(self.node.publish(body))
+
+    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]:
+        from ..local import note_map
+
+        notes = [note_map(n) for n in self.node.notes(start, start + limit)]
+        return notes, (notes[-1]["index"] + 1 if notes else start)
+
+    def close(self) -> None:
+        self.node.close()
+
+
+def open_group(state: Path) -> Online | Offline:
+    from ..cli import _running
+
+    ends = _running(state)
+    if ends:
+        return Online(ends["control"][0], ends["pub"][0] if ends.get("pub") else None)
+    return Offline(state)
+
+
+def notes(group: Group, start: int = 0) -> Iterator[Map]:
+    """Every note from local index `start` on that is held now, in index order."""
+    while True:
+        batch, nxt = group.read(start)
+        yield from batch
+        if not batch:
+            return
+        start = nxt
+
+
+@contextlib.contextmanager
+def opened(state: Path) -> Iterator[Online | Offline]:
+    group = open_group(state)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+__all__ = ["Group", "LocalError", "Offline", "Online", "notes", "open_group", "opened"]
