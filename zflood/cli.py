@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="three real daemons on this machine, told as it happens")
     d.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+
+    from .apps.mail.cli import add_parser as add_mail
+
+    add_mail(sub)
     return p
 
 
@@ -404,6 +408,12 @@ def cmd_demo(state: Path, args: argparse.Namespace) -> int:
     return demo(args.seconds)
 
 
+def cmd_mail(state: Path, args: argparse.Namespace) -> int:
+    from .apps.mail.cli import main as mail
+
+    return mail(state, args)
+
+
 COMMANDS = {
     "init": cmd_init,
     "join": cmd_join,
@@ -414,6 +424,7 @@ COMMANDS = {
     "export": cmd_export,
     "import": cmd_import,
     "demo": cmd_demo,
+    "mail": cmd_mail,
 }
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from ...errors import ZfloodError
 from ..group import notes as held_notes
@@ -174,7 +174,8 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"zflood: cannot read the password: {e}", file=sys.stderr)
             return EX_CONFIG
-    security = "tls" if args.tls else "starttls" if args.starttls else "plain"
+    security: Literal["plain", "starttls", "tls"] = (
+        "tls" if args.tls else "starttls" if args.starttls else "plain")
     smtp = Smtp(parts[0].strip("[]"), int(parts[1]), security, args.login, password,
                 args.cafile)
     group = open_group(state)
@@ -192,7 +193,10 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        deliverer = Deliverer(group.client, smtp, state)
+        # under systemd the deliverer has a state directory of its own (the daemon's is not
+        # its to write); by hand it keeps its one file beside the group's store
+        own = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        deliverer = Deliverer(group.client, smtp, Path(own) if own else state)
         try:
             deliverer.start(take_over=args.take_over)
         except DelivererActive as e:

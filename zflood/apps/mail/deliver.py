@@ -231,6 +231,7 @@ class Deliverer:
             self.inflight.unlink()
 
     def run(self, stop: Callable[[], bool]) -> None:
+        self.deliver_due()
         while not stop():
             for note in self.client.follow(self.mail.next_index, timeout=self.config.idle):
                 self.mail.add(note)

@@ -4,8 +4,9 @@ A message is split into `part` notes of at most PART_SIZE bytes, then one `msg` 
 envelope, which names the parts by count and hash. The envelope goes last: a message exists only
 once it is durable, so a submission cut short (a killed sendmail, a full disk) leaves parts that
 nothing refers to, and nothing is ever sent half. A note body is at most 256 KiB; a message is at
-most MAX_MESSAGE (25 MiB, what common providers accept), about 130 parts, read and written a
-part at a time so memory stays at one part whatever the size.
+most MAX_MESSAGE (25 MiB, what common providers accept), about 130 parts. A submission is
+spooled (to a temporary file past one part) and checked whole before anything is published, so
+memory stays at about one part whatever the size.
 
     part     {app: "mail", k: "part", mid, n, data}
     msg      {app: "mail", k: "msg", mid, from, rcpt: [..], parts, size, sha256, subject, time}
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -225,18 +227,25 @@ def envelope_note(env: Envelope) -> bytes:
 
 def submit(publish: object, stream: BinaryIO, sub: Submission, default_sender: str) -> Envelope:
     """Publish the message on `stream` as parts, then its envelope; returns the envelope once
-    it is durable. `publish(body)` is the group's publish."""
+    it is durable. `publish(body)` is the group's publish. The message is spooled (to disk past
+    one part) and checked whole first, so a message that cannot be taken publishes nothing:
+    parts that no envelope names would be copied to every member for nothing."""
     assert callable(publish)
     mid = os.urandom(16)
     digest = hashlib.sha256()
-    n = size = 0
-    for chunk in read_message(stream, sub, default_sender):
-        publish(part_note(mid, n, chunk))
-        digest.update(chunk)
-        n += 1
-        size += len(chunk)
+    size = 0
+    with tempfile.SpooledTemporaryFile(max_size=PART_SIZE) as spool:
+        for chunk in read_message(stream, sub, default_sender):
+            spool.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        spool.seek(0)
+        n = 0
+        while chunk := spool.read(PART_SIZE):
+            publish(part_note(mid, n, chunk))
+            n += 1
     assert sub.sender is not None
-    env = Envelope(mid, sub.sender, sub.recipients, n, size, digest.digest(),
-                   sub.subject, time.time())
+    env = Envelope(mid, sub.sender, sub.recipients, n, size, digest.digest(), sub.subject,
+                   time.time())
     publish(envelope_note(env))
     return env
