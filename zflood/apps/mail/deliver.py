@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -130,6 +131,10 @@ def send(smtp: Smtp, envelope: Map, chunks: Iterable[bytes], before_end: Callabl
             server = smtplib.SMTP(smtp.host, smtp.port, timeout=timeout)
     except (OSError, smtplib.SMTPException) as e:
         return Outcome("temporary", f"cannot connect to {smtp.host}:{smtp.port}: {e}", {})
+    if server.sock is not None:
+        # DATA's final "." is a small write right after another: with Nagle's algorithm it
+        # waits for the server's delayed ACK (40 ms here), and the duplicate window with it.
+        server.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         return _transaction(server, smtp, envelope, chunks, before_end)
     except smtplib.SMTPResponseException as e:
