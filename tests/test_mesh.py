@@ -33,6 +33,7 @@ from zflood.mesh import DATA, HI, MESH_VERSION, Link, Mesh, hi_payload
 FAST = Config(heartbeat=0.1, peer_timeout=1.0, reconnect=0.1)
 WAIT = 5.0  # bound on any single wait; every expected event comes far sooner on loopback
 ROOT = Path(__file__).resolve().parents[1]
+LIVENESS = "zflood.liveness"  # the logger of what the liveness rules decide
 
 
 class Watched:
@@ -230,7 +231,7 @@ def test_one_sided_dial_links_both_ways(net: Net) -> None:
 def test_static_peer_without_node_id_links_and_self_dial_is_dropped(net: Net) -> None:
     async def main() -> None:
         a, b = await net.members_of(Group.new(), 2)
-        with LogWatch("is ourselves") as selfdial:
+        with LogWatch("is ourselves", LIVENESS) as selfdial:
             a.mesh.dial(a.endpoint)
             a.mesh.dial(b.endpoint)
             a.mesh.dial(b.endpoint)  # idempotent
@@ -333,7 +334,7 @@ def test_member_claiming_another_node_id_is_ignored(net: Net) -> None:
         # Holds the group key but not b's key: its User-Id is not b's, whatever it claims.
         liar = curve_dealer(a.ctx, a.group.curve_server_public, b"liar")
         liar.connect(a.endpoint)
-        with LogWatch("came with key") as lie:
+        with LogWatch("came with key", LIVENESS) as lie:
             liar.send_multipart([HI, hi_payload(b.node, b.mesh.port, os.urandom(16), 1)])
             await asyncio.wait_for(lie.seen.wait(), WAIT)
         liar.close()
@@ -341,7 +342,7 @@ def test_member_claiming_another_node_id_is_ignored(net: Net) -> None:
         # connection open but deaf; the mesh notices b no longer hears a, and b redials.
         thief = curve_dealer(a.ctx, a.group.curve_server_public, b.node)
         thief.connect(a.endpoint)
-        with LogWatch("from unknown") as dropped:
+        with LogWatch("from unknown", LIVENESS) as dropped:
             thief.send_multipart([DATA, b"forged"])
             await asyncio.wait_for(dropped.seen.wait(), WAIT)
         thief.close()
@@ -365,7 +366,7 @@ def test_a_hi_of_another_mesh_version_is_ignored(net: Net) -> None:
         future.connect(a.endpoint)
         hi = bytearray(hi_payload(key.public, 1, os.urandom(16), 1))
         hi[0] = MESH_VERSION + 1
-        with LogWatch(f"HI of mesh version {MESH_VERSION + 1}") as ignored:
+        with LogWatch(f"HI of mesh version {MESH_VERSION + 1}", LIVENESS) as ignored:
             future.send_multipart([HI, bytes(hi)])
             await asyncio.wait_for(ignored.seen.wait(), WAIT)
         future.close()
@@ -508,9 +509,32 @@ async def main():
                 Group(bytes.fromhex(sys.argv[2])), listen="tcp://127.0.0.1:0",
                 on_link=lambda link: None)
     print(await mesh.start(), flush=True)
+    for peer in sys.argv[3:]:  # static peers
+        mesh.dial(peer)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
+
+
+async def crashable(key: SigningKey, group: Group, *peers: str) -> tuple[
+        asyncio.subprocess.Process, str]:
+    """A mesh in another process, to be killed without a BYE; returns it and its endpoint."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHABLE, key.seed.hex(), group.secret.hex(), *peers,
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+    except BaseException:
+        await crash(proc)
+        raise
+    return proc, endpoint
+
+
+async def crash(proc: asyncio.subprocess.Process) -> None:
+    proc.kill()  # a crash: no BYE
+    await asyncio.wait_for(proc.wait(), WAIT)
 
 
 @pytest.mark.parametrize("same_port", [True, False], ids=["same-port", "new-port"])
@@ -519,18 +543,12 @@ def test_restarted_peer_gets_a_fresh_link(net: Net, same_port: bool) -> None:
         group, key_b = Group.new(), SigningKey()
         slow = Config(heartbeat=0.1, peer_timeout=60.0)  # so only the new nonce can close it
         a = await net.member(group, config=slow)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CRASHABLE, key_b.seed.hex(), group.secret.hex(),
-            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        proc, endpoint = await crashable(key_b, group)
         try:
-            assert proc.stdout is not None
-            endpoint = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
             a.mesh.dial(endpoint, key_b.public)
             old = await a.next_link(key_b.public)
         finally:
-            proc.kill()  # a crash: no BYE
-            await asyncio.wait_for(proc.wait(), WAIT)
+            await crash(proc)
         assert not old.closed.is_set()
         if same_port:  # a's DEALER reconnects by itself
             b = await net.member(group, key=key_b, config=slow, listen=endpoint)
@@ -551,22 +569,16 @@ def test_a_static_peer_that_restarts_on_another_port_is_relinked_at_once(net: Ne
     comes back on a new port: b moves its DEALER there on a's first knock."""
     async def main() -> None:
         group, key = Group.new(), SigningKey()
-        a = await net.member(group, key=key)
         b = await net.member(group)
-        a.mesh.dial(b.endpoint)
-        await a.next_raw(b.node)
-        await b.next_raw(a.node)
-        for peer in a.mesh._peers.values():  # as kill -9 looks from outside: no BYE
-            if peer.dealer is not None:
-                peer.dealer.close(linger=0)
-                peer.dealer = None
-        a.mesh._peers.clear()
-        a.mesh._by_user.clear()
-        await a.mesh.close()
+        proc, _ = await crashable(key, group, b.endpoint)
+        try:
+            await b.next_raw(key.public)
+        finally:
+            await crash(proc)
         again = await net.member(group, key=key)
         t0 = time.monotonic()
         again.mesh.dial(b.endpoint)
-        await b.next_raw(a.node)
+        await b.next_raw(key.public)
         took = time.monotonic() - t0
         print(f"relinked after {1000 * took:.0f} ms (peer_timeout {FAST.peer_timeout} s)")
         assert took < FAST.peer_timeout / 2

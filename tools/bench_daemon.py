@@ -6,6 +6,9 @@
 Figures, all from this one run:
   - bulk sync: daemon A holds N notes (100-byte bodies), B starts empty; notes/s from B's
     start until B holds all N (B's store, signatures checked, over CurveZMQ);
+  - status latency during the bulk sync: `status` on B's control socket (the daemon taking
+    the notes in), and on A's (the one serving them), asked back to back with a 10 ms pause
+    from the sync's start to its end; p50 and p99 (the loop answering while it stores);
   - live latency: publish one note on A through its control socket, time until a plain SUB
     on B's PUB socket has it; p50 and p99;
   - the floor for both: a bare DEALER -> ROUTER pipe on loopback (no CURVE, no store, no
@@ -168,8 +171,36 @@ def live_latency(a: Daemon, b: Daemon, samples: int) -> list[float]:
     return out
 
 
+class StatusProbe(threading.Thread):
+    """Times `status` on one daemon, 10 ms apart, until stopped (its own Client: one per
+    thread)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__()
+        self.client = Client(daemon.client.control, timeout=30)
+        self.times: list[float] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            t0 = time.perf_counter()
+            self.client.status()
+            self.times.append(time.perf_counter() - t0)
+            self.halt.wait(0.01)
+        self.client.close()
+
+    def stop(self) -> list[float]:
+        self.halt.set()
+        self.join(timeout=60)
+        return self.times
+
+
 def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
+    """The q-th percentile in ms, within the values seen (a status that answered only a few
+    times during the sync must not be extrapolated past its slowest answer)."""
+    if len(values) < 2:
+        return values[0] * 1000
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
 
 
 def main() -> None:
@@ -185,13 +216,23 @@ def main() -> None:
         port = tcp_port(read_endpoints(a_dir)["listen"])
         start = time.perf_counter()
         b = Daemon(b_dir, 0, port)
+        probes = [StatusProbe(b), StatusProbe(a)]
+        for probe in probes:
+            probe.start()
         try:
-            wait(lambda: b.count() >= n, time.monotonic() + 600, "the bulk sync")
-            sync = time.perf_counter() - start
+            try:
+                wait(lambda: b.count() >= n, time.monotonic() + 600, "the bulk sync")
+                sync = time.perf_counter() - start
+            finally:
+                on_b, on_a = (probe.stop() for probe in probes)
             print(f"bulk sync, two daemons      {n / sync:>10,.0f} notes/s"
                   f" ({sync:.1f} s, from B's start)")
             print(f"  floor: bare DEALER/ROUTER {n / floor:>10,.0f} notes/s"
                   f" ({len(frames):,} frames)")
+            for name, times in (("B (storing)", on_b), ("A (serving)", on_a)):
+                print(f"status during the sync, {name}  p50 {pct(times, 50):.1f} ms   "
+                      f"p99 {pct(times, 99):.1f} ms   max {1000 * max(times):.1f} ms"
+                      f" ({len(times):,} calls)")
             live = live_latency(a, b, samples)
         finally:
             a.stop()

@@ -46,6 +46,39 @@ class Config:
     reconnect: float = 0.5
     #: Frames queued towards one peer before ZeroMQ drops (the engine recovers losses).
     send_hwm: int = 10_000
+    #: The mesh reader handles at most this many messages in one go before the event loop
+    #: gets a turn (the local API, the timers, the watchdog) ...
+    burst_messages: int = 1000
+    #: ... or this many bytes of them ...
+    burst_bytes: int = 8 * MiB
+    #: ... or for this long (a bulk sync must not hold the loop: status answers within 100 ms).
+    burst_time: float = 0.02
+
+    # -- mesh bounds: what a member gone bad or a stranger on the LAN can make us spend -------
+    #: HIs a second taken from one sender (one CURVE key); above that, dropped and counted.
+    #: A member sends one a heartbeat per DEALER and per knocker, plus one per change.
+    hi_rate: float = 50.0
+    #: HIs one sender may send at once above its rate.
+    hi_burst: int = 100
+    #: Senders whose HI rate is tracked at once.
+    hi_senders: int = 1024
+    #: Announced records never heard from (anyone can announce one): at most this many
+    #: dialled at once ...
+    dial_slots: int = 16
+    #: ... each for this long before its DEALER is closed ...
+    dial_trial: float = 3.0
+    #: ... then tried again after a backoff doubling from this ...
+    dial_backoff: float = 1.0
+    #: ... up to this ...
+    dial_backoff_max: float = 60.0
+    #: ... and forgotten after this many trials.
+    dial_attempts: int = 8
+    #: Announced records never heard from that are held at once (the oldest go first).
+    max_candidates: int = 1024
+    #: Service records discovery keeps (what it reported, to tell updates from news) and
+    #: resolves over the network at once; more are taken only from what the cache holds.
+    max_records: int = 4096
+    max_resolving: int = 32
 
     # -- local API -----------------------------------------------------------------------------
     #: Reply bytes ZeroMQ may still hold for one local client; while it holds more (the client
@@ -55,6 +88,8 @@ class Config:
     local_total_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
+        if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst) < 1:
+            raise ValueError("burst_messages, dial_slots, dial_attempts, hi_burst: at least 1")
         if self.batch_notes < 1 or self.window_batches < 1:
             raise ValueError("batch_notes and window_batches must be at least 1")
         if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:

@@ -164,6 +164,7 @@ class Daemon:
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,
             "peers": self.mesh.links(),
+            "mesh": self.mesh.stats(),  # what its bounds hold and have refused
             "discovery": self.discovery is not None,
             "local": self.local.stats(),  # what waits for local clients that do not read
         }

@@ -2,6 +2,10 @@
 
 Theory of operation (ZRE-like). Each node binds one ROUTER for input and opens one DEALER per
 peer for output; a peer link is the pair (its DEALER into our ROUTER, our DEALER into its).
+What to dial, when a link is up or down, and what to give up on is decided by
+`zflood.liveness` (HI, hears, nonce, knocks, silence, HI rate limits, dial caps): the mesh
+feeds it every event with the loop's time and carries out the actions it returns. This module
+holds the sockets, the framing and the CURVE/ZAP admission.
 
 Security. Every ROUTER is a CURVE server holding the *group* key pair, whose public half is
 never announced: only a holder of the join code can build a valid CURVE HELLO, so nobody else
@@ -12,18 +16,13 @@ authenticated handshake: a HI naming node N counts only if N's X25519 key is tha
 and every other message is taken as from the peer whose key its User-Id is. Routing ids play
 no part: a member that took another's routing id (ROUTER_HANDOVER hands it over) gains nothing.
 
-Liveness. HI (node id, our ROUTER port, session nonce, "hears you") is the heartbeat; it goes
-out every `heartbeat` on every DEALER, and at once when our "hears" for that peer flips. A
-link comes up when we hear the peer, the peer says it hears us, and we have a DEALER to it:
-two round trips from first contact. It goes down on BYE, on silence for `peer_timeout`, when
-the peer says it no longer hears us, or when its nonce changes (it restarted). Nothing here
-trusts mDNS: a link exists only while HIs arrive. A DEALER stays while the peer is announced
-(`dial` with a node id) or while we hear it; ZeroMQ's own reconnect does the redialling.
-
 Static peers (`dial` without a node id) get a "knocker": a DEALER with a random routing id
-that sends HIs marked KNOCK, which the receiver takes as presence but not as "hears". They make
-the peer dial us back; the knocker's own id keeps it from colliding (ROUTER_HANDOVER) with our
-proper DEALER to that peer, which uses our node id and is made from the peer's HI.
+that sends HIs marked KNOCK; the knocker's own id keeps it from colliding (ROUTER_HANDOVER)
+with our proper DEALER to that peer, which uses our node id and is made from the peer's HI.
+
+The reader hands the loop back between bursts bounded in messages, bytes and time: an awaited
+receive that is already complete never yields, so without that a bulk sync would hold the
+loop (the local API, the timers, the systemd watchdog) until the queue ran dry.
 
 One Mesh per zmq context: the ZAP handler is the context's, and it refuses any other socket
 of that context that asks it (one with a ZAP domain set).
@@ -35,53 +34,54 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Literal, cast
 
 import zmq
 import zmq.asyncio
 from zmq.utils import z85
 
+from . import liveness
 from .config import DEFAULT, Config
-from .endpoints import tcp_endpoint, tcp_parts, tcp_port
+from .endpoints import tcp_port
 from .errors import LocalError
-from .identity import Group, SigningKey, ed25519_to_x25519_public, x25519_public
+from .identity import Group, SigningKey, x25519_public
+from .liveness import (
+    HEARING,
+    HI_SIZE,
+    KNOCK,
+    MESH_VERSION,
+    NOT_HEARING,
+    Action,
+    Liveness,
+    hi_payload,
+    short,
+)
+from .quietlog import QuietLog
+
+__all__ = ["BYE", "DATA", "HEARING", "HI", "KNOCK", "MESH_VERSION", "NOT_HEARING", "Link",
+           "Mesh", "hi_payload"]
 
 log = logging.getLogger("zflood.mesh")
 
 HI, DATA, BYE = b"H", b"D", b"B"
-_HI = struct.Struct("!B32sH16sB")  # mesh version, node id, ROUTER port, session nonce, hears
-MESH_VERSION = 1  # of HI/DATA/BYE framing; the engine's HELLO carries the protocol's own
-NOT_HEARING, HEARING, KNOCK = 0, 1, 2  # the "hears" byte; KNOCK: a knocker's, says nothing
 ZAP_DOMAIN = b"zflood"
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # A BYE must get out on close, but a dead peer must not hold up the context's term().
 _BYE_LINGER_MS = 200
-_BURST = 1000  # most messages handled in one batch before the loop gets a turn
 
 _Socket = zmq.Socket[bytes]
-
-
-def hi_payload(node: bytes, port: int, nonce: bytes, hears: int) -> bytes:
-    """The body of a HI message (after the kind frame HI)."""
-    return _HI.pack(MESH_VERSION, node, port, nonce, hears)
-
-
-def _short(node: bytes) -> str:
-    return node.hex()[:12]
 
 
 class Link:
     """One working peer link, as the engine's Channel; made only by `Mesh`."""
 
-    def __init__(self, mesh: Mesh, peer: _Peer) -> None:
+    def __init__(self, mesh: Mesh, node: bytes) -> None:
         self.state: Literal["connected", "closed"] = "connected"
         self._mesh = mesh
-        self._peer = peer
+        self._node = node
         self._receiver: Callable[[bytes], None] | None = None
         self._closer: Callable[[], None] | None = None
         self._inbox: deque[bytes] = deque()
@@ -89,20 +89,20 @@ class Link:
     @property
     def node(self) -> bytes:
         """The peer's node id, which its CURVE key proved."""
-        return self._peer.node
+        return self._node
 
     @property
     def address(self) -> str:
         """Where we dial the peer now."""
-        return self._peer.address
+        return self._mesh.liveness.endpoint_of(self._node)
 
     def __repr__(self) -> str:
-        return f"<Link {_short(self.node)} {self.address} {self.state}>"
+        return f"<Link {short(self.node)} {self.address} {self.state}>"
 
     def send(self, frame: bytes) -> None:
         """Never blocks; a frame that finds the queue full is dropped (the engine recovers)."""
         if self.state == "connected":
-            self._mesh._send(self._peer, DATA, frame)
+            self._mesh._send(self._node, DATA, frame)
 
     def on_receive(self, callback: Callable[[bytes], None]) -> None:
         if self._receiver is not None:
@@ -121,7 +121,7 @@ class Link:
     def close(self) -> None:
         """Idempotent; tells the peer (BYE) so both ends drop the link together."""
         if self.state == "connected":
-            self._mesh._drop_link(self._peer, "closed by the engine", bye=True)
+            self._mesh._close_link(self._node)
 
     def _deliver(self, frame: bytes) -> None:
         if self._receiver is None or self._inbox:  # keep order behind frames still waiting
@@ -136,23 +136,6 @@ class Link:
                 self._closer()
             except Exception:  # the engine's bug must not stop the mesh closing
                 log.exception("on_close callback of %r failed", self)
-
-
-@dataclass(eq=False)
-class _Peer:
-    node: bytes
-    user_id: str  # hex X25519 key its CURVE handshake must show
-    dealer: _Socket | None = None
-    address: str = ""
-    announced: bool = False  # dial() named it: keep dialling until forget()
-    heard_at: float | None = None  # last HI of its DEALER (or DATA); None: we don't hear it
-    knocked_at: float = 0.0  # last HI of its knocker (a static peer's presence)
-    nonce: bytes | None = None
-    they_hear: bool = False
-    heard_us_at: float = 0.0  # last HI saying it hears us, or when we last (re)dialled it
-    seen_at: str = ""  # its ROUTER at the address its connections come from
-    link: Link | None = None
-    retry_at: float = 0.0
 
 
 class Mesh:
@@ -180,17 +163,16 @@ class Mesh:
         # every DEALER's CURVE keys (ours, and the group's server key), derived once
         self._curve = (z85.encode(secret), z85.encode(x25519_public(secret)),
                        z85.encode(group.curve_server_public))
-        self._peers: dict[bytes, _Peer] = {}
-        self._by_user: dict[str, _Peer] = {}  # the same peers by the CURVE key they must show
-        self._cut: set[bytes] = set()  # nodes we keep no link with until heal()
-        self._knockers: dict[str, tuple[bytes, _Socket]] = {}  # endpoint -> (routing id, dealer)
+        self.liveness = Liveness(self.node, config)
+        self._dealers: dict[bytes, _Socket] = {}  # node -> our DEALER to it
+        self._links: dict[bytes, Link] = {}
+        self._knockers: dict[str, _Socket] = {}  # static peer endpoint -> knocker DEALER
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
         self._closed = False
-        self._next_heartbeat = 0.0
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -226,7 +208,7 @@ class Mesh:
             raise
         self._tasks.append(asyncio.create_task(self._receive(router)))
         self._tasks.append(asyncio.create_task(self._run_timer()))
-        log.info("mesh %s listening on %s", _short(self.node), endpoint)
+        log.info("mesh %s listening on %s", short(self.node), endpoint)
         return endpoint
 
     @property
@@ -236,75 +218,38 @@ class Mesh:
         return self._port
 
     def dial(self, endpoint: str, node: bytes | None = None) -> None:
-        """Idempotent. `node` comes from discovery; None for a static peer."""
+        """Idempotent. `node` comes from discovery (a claim, dialled within the caps); None
+        for a static peer."""
         if self._closed or not self._port:
             raise LocalError("dial() needs a started, open mesh")
         tcp_port(endpoint)
         if node is None:
-            if endpoint not in self._knockers:
-                routing_id = b"k" + os.urandom(15)  # never 32 bytes, so never a node id
-                dealer = self._dealer(routing_id, endpoint)
-                if dealer is not None:
-                    self._knockers[endpoint] = (routing_id, dealer)
-                    self._send_hi(dealer, KNOCK)
+            routing_id = b"k" + os.urandom(15)  # never 32 bytes, so never a node id
+            self._do(self.liveness.knock(self._now(), endpoint, routing_id))
             return
         if len(node) != 32:
             raise LocalError("a node id is 32 bytes")
-        if node == self.node:
-            return
-        peer = self._peer(node)
-        peer.announced = True
-        if node in self._cut:
-            peer.address = peer.address or endpoint  # where heal() dials it
-            return
-        # A working DEALER beats a new address: only move one that has no link on it.
-        if peer.dealer is None or (peer.address != endpoint and peer.link is None):
-            self._connect(peer, endpoint, self._now())
+        self._do(self.liveness.announce(self._now(), node, endpoint))
 
     def forget(self, node: bytes) -> None:
         """Stop dialling `node`; a live link still ends only by BYE or silence."""
-        peer = self._peers.get(node)
-        if peer is not None:
-            peer.announced = False
-            if peer.heard_at is None:
-                self._remove(peer)
+        self._do(self.liveness.forget(self._now(), node))
 
     def cut(self, node: bytes) -> None:
         """Keep no link with `node` until `heal(node)`: BYE, then ignore it. The rest of the
         mesh goes on, and notes still reach it (and come from it) through other members."""
-        self._cut.add(node)
-        peer = self._peers.get(node)
-        if peer is None:
-            return
-        self._drop_link(peer, "cut here", bye=True)
-        peer.heard_at = None
-        if peer.dealer is not None:
-            peer.dealer.close(linger=_BYE_LINGER_MS)
-            peer.dealer = None
-        log.info("cut the link to %s", _short(node))
+        self._do(self.liveness.cut(self._now(), node))
 
     def heal(self, node: bytes) -> None:
         """Undo `cut(node)`: dial it again where it was announced, and hear it again."""
-        if node not in self._cut:
-            return
-        self._cut.discard(node)
-        log.info("healing the link to %s", _short(node))
-        peer = self._peers.get(node)
-        if peer is not None and peer.address:
-            self._connect(peer, peer.address, self._now())
+        self._do(self.liveness.heal(self._now(), node))
 
     def links(self) -> list[dict[str, str]]:
-        rows = [
-            {
-                "node": p.node.hex(),
-                "address": p.address,
-                "state": "connected" if p.link is not None
-                else "cut" if p.node in self._cut else "connecting",
-            }
-            for p in self._peers.values()
-        ]
-        rows += [{"node": "", "address": e, "state": "dialling"} for e in self._knockers]
-        return rows
+        return self.liveness.links()
+
+    def stats(self) -> dict[str, int]:
+        """What the liveness bounds hold and have refused (records waiting, HIs dropped)."""
+        return {**self.liveness.stats(), "sockets": len(self._dealers) + len(self._knockers)}
 
     async def close(self) -> None:
         """BYE to every peer, close every link and socket, stop every task."""
@@ -315,21 +260,80 @@ class Mesh:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for peer in list(self._peers.values()):
-            self._drop_link(peer, "mesh closed", bye=False)
-            self._send(peer, BYE)
-            if peer.dealer is not None:
-                peer.dealer.close(linger=_BYE_LINGER_MS)
-                peer.dealer = None
-        self._peers.clear()
-        self._by_user.clear()
-        for _, dealer in self._knockers.values():
+        for node, link in list(self._links.items()):
+            log.info("link to %s closed: mesh closed", short(node))
+            link._closed()
+        self._links.clear()
+        for dealer in self._dealers.values():
+            with contextlib.suppress(zmq.Again):
+                dealer.send_multipart([BYE], zmq.NOBLOCK)
+            dealer.close(linger=_BYE_LINGER_MS)
+        self._dealers.clear()
+        for dealer in self._knockers.values():
             dealer.close(linger=0)
         self._knockers.clear()
         for sock in (self._router, self._zap):
             if sock is not None:
                 sock.close(linger=0)
-        log.info("mesh %s closed", _short(self.node))
+        log.info("mesh %s closed", short(self.node))
+
+    # -- carrying out what liveness decides ----------------------------------------------------
+
+    def _do(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case liveness.SendHi(node, hears):
+                    dealer = self._dealers.get(node)
+                    if dealer is not None:
+                        self._send_hi(dealer, hears)
+                case liveness.Dial(node, endpoint):
+                    old = self._dealers.pop(node, None)
+                    if old is not None:
+                        old.close(linger=0)
+                    dealer = self._dealer(self.node, endpoint)
+                    if dealer is None:
+                        self.liveness.dial_failed(node)
+                    else:
+                        self._dealers[node] = dealer
+                        log.debug("dialling %s at %s", short(node), endpoint)
+                case liveness.Hang(node, linger):
+                    old = self._dealers.pop(node, None)
+                    if old is not None:
+                        old.close(linger=_BYE_LINGER_MS if linger else 0)
+                case liveness.LinkUp(node):
+                    if not self._closed:
+                        self._link_up(node)
+                case liveness.LinkDown(node, reason, bye):
+                    link = self._links.pop(node, None)
+                    if bye:
+                        self._send(node, BYE)
+                    if link is not None:
+                        log.info("link to %s closed: %s", short(node), reason)
+                        link._closed()
+                case liveness.Knock(endpoint, routing_id):
+                    dealer = self._dealer(routing_id, endpoint)
+                    if dealer is None:
+                        self.liveness.knock_failed(endpoint)
+                    else:
+                        self._knockers[endpoint] = dealer
+                        self._send_hi(dealer, KNOCK)
+                case liveness.KnockAgain(endpoint):
+                    if (dealer := self._knockers.get(endpoint)) is not None:
+                        self._send_hi(dealer, KNOCK)
+                case liveness.Unknock(endpoint):
+                    if (dealer := self._knockers.pop(endpoint, None)) is not None:
+                        dealer.close(linger=0)
+
+    def _link_up(self, node: bytes) -> None:
+        link = self._links[node] = Link(self, node)
+        log.info("linked to %s at %s", short(node), link.address)
+        try:
+            self._on_link(link)
+        except Exception:
+            log.exception("on_link callback failed")
+
+    def _close_link(self, node: bytes) -> None:
+        self._do(self.liveness.close_link(self._now(), node))
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -354,39 +358,23 @@ class Mesh:
             return None
         return dealer
 
-    def _connect(self, peer: _Peer, endpoint: str, now: float) -> None:
-        for other in list(self._peers.values()):
-            # One ROUTER endpoint is one node: two of our DEALERs there (say, a crashed
-            # node's lingering record) would steal each other's routing id forever.
-            if other is not peer and other.address == endpoint and other.heard_at is None:
-                self._remove(other)
-        if peer.dealer is not None:
-            peer.dealer.close(linger=0)
-        peer.dealer = self._dealer(self.node, endpoint)
-        peer.address = endpoint
-        peer.heard_us_at = now
-        log.debug("dialling %s at %s", _short(peer.node), endpoint)
-        self._send_hi_to(peer)
-
-    def _send(self, peer: _Peer, kind: bytes, payload: bytes | None = None) -> None:
-        if peer.dealer is not None:
+    def _send(self, node: bytes, kind: bytes, payload: bytes | None = None) -> None:
+        dealer = self._dealers.get(node)
+        if dealer is not None:
             message = [kind] if payload is None else [kind, payload]
             with contextlib.suppress(zmq.Again):  # full queue: drop, the engine recovers
-                peer.dealer.send_multipart(message, zmq.NOBLOCK)
+                dealer.send_multipart(message, zmq.NOBLOCK)
 
     def _send_hi(self, dealer: _Socket, hears: int) -> None:
         hi = hi_payload(self.node, self._port, self._nonce, hears)
         with contextlib.suppress(zmq.Again):
             dealer.send_multipart([HI, hi], zmq.NOBLOCK)
 
-    def _send_hi_to(self, peer: _Peer) -> None:
-        if peer.dealer is not None:
-            self._send_hi(peer.dealer, HEARING if peer.heard_at is not None else NOT_HEARING)
-
     # -- tasks ---------------------------------------------------------------------------------
 
     async def _serve_zap(self, zap: zmq.asyncio.Socket) -> None:
         """RFC 27: admit CURVE clients in our domain; the User-Id is the client key in hex."""
+        refusals = QuietLog(log)
         while True:
             request = await zap.recv_multipart()
             if len(request) < 8:
@@ -397,29 +385,39 @@ class Mesh:
             if domain == ZAP_DOMAIN and mechanism == b"CURVE" and len(creds) == 1:
                 reply = [b"200", b"OK", creds[0].hex().encode()]
             else:
-                log.info("refused a %r handshake from %r", mechanism, peer_ip)
+                refusals.fault(self._now(), "refused handshake", repr(peer_ip),
+                               "refused a %r handshake from %r", mechanism, peer_ip,
+                               level=logging.INFO)
                 reply = [b"400", b"CURVE in the zflood domain only", b""]
             await zap.send_multipart([address, b"", b"1.0", request_id, *reply, b""])
 
     async def _receive(self, router: zmq.asyncio.Socket) -> None:
         assert self._loop is not None
+        loop, c = self._loop, self._config
         while True:
             frames = await router.recv_multipart(copy=False)
-            now = self._loop.time()
+            start = now = loop.time()
+            size = 0
             # Whatever else has arrived is handled in the same batch (the engine's
-            # Node.batch): one signature check and one transaction for a run of pushes.
+            # Node.batch): one signature check and one transaction for a run of pushes. The
+            # burst is bounded so the loop gets a turn at least every `burst_time`.
             with self._batch():
-                for _ in range(_BURST):
+                for _ in range(c.burst_messages):
                     try:
                         self._dispatch(frames, now)
                     except Exception:  # one bad message (or engine callback) must not stop us
                         log.exception("mesh: error handling a message")
+                    size += sum(len(f) for f in frames)
+                    now = loop.time()
+                    if size >= c.burst_bytes or now - start >= c.burst_time:
+                        break
                     try:
                         # with NOBLOCK the future is done at once: a message, or Again
                         ready = router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                         frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
                     except zmq.Again:
                         break
+            await asyncio.sleep(0)  # awaiting a receive that is already done would not yield
 
     async def _run_timer(self) -> None:
         assert self._loop is not None
@@ -427,30 +425,16 @@ class Mesh:
         period = min(c.heartbeat, c.peer_timeout / 4, c.reconnect)
         while True:
             try:
-                self._tick(self._loop.time())
+                self._do(self.liveness.tick(self._loop.time()))
             except Exception:
                 log.exception("mesh: error in the timer")
             await asyncio.sleep(period)
 
-    # -- protocol ------------------------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------------
 
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
-
-    def _peer(self, node: bytes) -> _Peer:
-        peer = self._peers.get(node)
-        if peer is None:
-            peer = self._peers[node] = _Peer(node, ed25519_to_x25519_public(node).hex())
-            self._by_user[peer.user_id] = peer
-        return peer
-
-    def _remove(self, peer: _Peer, linger: int = 0) -> None:
-        if peer.dealer is not None:
-            peer.dealer.close(linger=linger)
-            peer.dealer = None
-        self._peers.pop(peer.node, None)
-        self._by_user.pop(peer.user_id, None)
 
     def _dispatch(self, frames: list[zmq.Frame], now: float) -> None:
         if len(frames) < 2:
@@ -460,163 +444,16 @@ class Mesh:
         except zmq.ZMQError:
             return  # not from an authenticated connection: cannot happen on a CURVE server
         kind = frames[1].bytes
-        if kind == HI and len(frames) == 3 and len(frames[2]) == _HI.size:
-            peer_ip = str(frames[1].get("Peer-Address"))
-            version, node, port, nonce, hears = _HI.unpack(frames[2].bytes)
-            if version != MESH_VERSION:
-                log.debug("ignored a HI of mesh version %d from %s", version, peer_ip)
-                return
-            if hears <= KNOCK and port:
-                self._on_hi(frames[0].bytes, user_id, peer_ip, node, port, nonce, hears, now)
-                return
-        peer = self._by_user.get(user_id)
-        if peer is None:
-            log.debug("dropped a message from unknown %s at %s", user_id[:12],
-                      frames[1].get("Peer-Address"))
-        elif kind == DATA and len(frames) == 3:
-            if peer.link is not None:
-                peer.heard_at = now
-                peer.link._deliver(frames[2].bytes)
+        if kind == DATA and len(frames) == 3:
+            node = self.liveness.data(now, user_id)
+            if node is not None and (link := self._links.get(node)) is not None:
+                link._deliver(frames[2].bytes)
+            return
+        peer_ip = str(frames[1].get("Peer-Address"))
+        if kind == HI and len(frames) == 3:
+            payload = frames[2].bytes if len(frames[2]) == HI_SIZE else b""
+            self._do(self.liveness.hi(now, frames[0].bytes, user_id, peer_ip, payload))
         elif kind == BYE and len(frames) == 2:
-            self._lost(peer, "said goodbye", now)
+            self._do(self.liveness.bye(now, user_id))
         else:
-            log.warning("malformed message from %s: closing its link", _short(peer.node))
-            self._drop_link(peer, "malformed message", bye=True, now=now)
-
-    def _on_hi(
-        self,
-        routing_id: bytes,
-        user_id: str,
-        peer_ip: str,
-        node: bytes,
-        port: int,
-        nonce: bytes,
-        hears: int,
-        now: float,
-    ) -> None:
-        peer = self._peers.get(node)
-        expected = peer.user_id if peer else ed25519_to_x25519_public(node).hex()
-        if user_id != expected:
-            log.warning("HI naming %s came with key %s: ignored", _short(node), user_id[:12])
-            return
-        if node == self.node:
-            self._dialled_ourselves(routing_id, tcp_endpoint(peer_ip, port))
-            return
-        if node in self._cut:
-            return
-        peer = self._peer(node)
-        restarted = peer.nonce is not None and peer.nonce != nonce
-        heard_us = peer.they_hear and not restarted
-        if restarted:
-            self._drop_link(peer, "peer restarted", bye=False, now=now)
-            peer.retry_at = now  # a new incarnation, not a flapping link: relink at once
-        peer.nonce = nonce
-        peer.seen_at = tcp_endpoint(peer_ip, port)
-        if hears == KNOCK:
-            # Presence only: it asks us to dial it. We hear a peer only through HIs from its
-            # own DEALER, so a DEALER of its that went deaf (its routing id handed over to
-            # another connection, say) shows as silence, not hidden behind the knocks.
-            peer.knocked_at = now
-            # Our DEALER may aim at an old address (it restarted on another port, or a stale
-            # mDNS record): unless it has a link, move it to where the knock came from.
-            stale = peer.link is None and peer.address != peer.seen_at and (
-                restarted or now - peer.heard_us_at > self._config.peer_timeout
-            )
-            if peer.dealer is None or stale:
-                self._connect(peer, peer.seen_at, now)
-            elif restarted:
-                self._send_hi_to(peer)
-            return
-        hears_changed = restarted or peer.heard_at is None  # restarted: it needs our HI now
-        peer.heard_at = now
-        if hears == HEARING:
-            peer.they_hear = True
-            peer.heard_us_at = now
-        else:
-            self._drop_link(peer, "peer no longer hears us", bye=False, now=now)
-        if peer.dealer is None:  # it dialled us first (we are its static peer): dial back
-            self._connect(peer, tcp_endpoint(peer_ip, port), now)
-        elif (parts := tcp_parts(peer.address)) and int(parts[1]) != port:
-            self._connect(peer, f"tcp://{parts[0]}:{port}", now)  # restarted on a new port
-        elif heard_us and hears == NOT_HEARING:
-            # It heard us, now it does not, yet we hear it: our connection may be the deaf
-            # one. A fresh one takes our routing id back (ROUTER_HANDOVER) at once.
-            log.info("%s stopped hearing us: redialling it", _short(peer.node))
-            self._connect(peer, peer.seen_at or peer.address, now)
-        elif hears_changed:
-            self._send_hi_to(peer)
-        self._maybe_link(peer, now)
-
-    def _dialled_ourselves(self, routing_id: bytes, here: str) -> None:
-        """Our own HI came back: drop the DEALER that sent it."""
-        for endpoint, (knocker_id, dealer) in list(self._knockers.items()):
-            if knocker_id == routing_id:
-                log.info("static peer %s is ourselves: not dialling it", endpoint)
-                dealer.close(linger=0)
-                del self._knockers[endpoint]
-        if routing_id == self.node:  # one of our node DEALERs: the one aimed at `here`
-            for other in list(self._peers.values()):
-                if other.address == here and other.heard_at is None:
-                    log.info("%s's record points at us: not dialling it", _short(other.node))
-                    self._remove(other)
-
-    def _maybe_link(self, peer: _Peer, now: float) -> None:
-        if (
-            peer.link is None
-            and peer.dealer is not None
-            and peer.heard_at is not None
-            and peer.they_hear
-            and now >= peer.retry_at
-            and not self._closed
-        ):
-            link = peer.link = Link(self, peer)
-            log.info("linked to %s at %s", _short(peer.node), peer.address)
-            try:
-                self._on_link(link)
-            except Exception:
-                log.exception("on_link callback failed")
-
-    def _drop_link(self, peer: _Peer, reason: str, *, bye: bool, now: float | None = None) -> None:
-        peer.they_hear = False  # the next link needs a fresh "hears" from the peer
-        link, peer.link = peer.link, None
-        if link is None:
-            return
-        peer.retry_at = (self._now() if now is None else now) + self._config.reconnect
-        if bye:
-            self._send(peer, BYE)
-        log.info("link to %s closed: %s", _short(peer.node), reason)
-        link._closed()
-
-    def _lost(self, peer: _Peer, reason: str, now: float) -> None:
-        """We no longer hear the peer (timeout or BYE)."""
-        self._drop_link(peer, reason, bye=False, now=now)
-        peer.heard_at = None
-        self._send_hi_to(peer)  # our "hears" flipped: if it hears us, it redials
-        if not peer.announced:
-            self._remove(peer, _BYE_LINGER_MS)  # it dialled us; it will again if it comes back
-
-    def _tick(self, now: float) -> None:
-        timeout = self._config.peer_timeout
-        for peer in list(self._peers.values()):
-            if peer.node in self._cut:
-                continue
-            if peer.heard_at is None and not peer.announced and now - peer.knocked_at > timeout:
-                self._remove(peer)  # knocked, never dialled us properly, and knocks no more
-                continue
-            if peer.heard_at is not None and now - peer.heard_at > timeout:
-                self._lost(peer, f"silent for {now - peer.heard_at:.1f}s", now)
-                continue
-            if peer.heard_at is not None and now - peer.heard_us_at > timeout:
-                # It is alive but our HIs do not reach it: our connection may be one whose
-                # routing id its ROUTER handed over, which libzmq leaves open but deaf.
-                # Or the address we were given is not the one it is reachable at: redial
-                # where its own connections come from.
-                log.info("%s does not hear us: redialling it", _short(peer.node))
-                self._connect(peer, peer.seen_at or peer.address, now)
-            self._maybe_link(peer, now)
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self._config.heartbeat
-            for peer in self._peers.values():
-                self._send_hi_to(peer)
-            for _, dealer in self._knockers.values():
-                self._send_hi(dealer, KNOCK)
+            self._do(self.liveness.malformed(now, user_id, peer_ip))
