@@ -17,7 +17,8 @@ Figures, per attack (the window runs from the attacker being in position to it l
              window's start until the victim answered promptly again
   rss        victim RSS before (MiB), its peak growth, and its growth once it answered again
   p50/p99/max  `status` round trips (ms) of a client polling the control socket back to back
-             during the window; fails: calls with no answer within 5 s (counted as 5 s)
+             during the window; fail/n: calls with no answer within 5 s (counted as 5 s)
+             of all calls made
   honest     notes the honest member published during the window (one every 0.25 s) that
              reached the victim's PUB socket within 1 s, of those published
   out/in     bytes the victim sent the attacker per byte the attacker sent it (engine frames)
@@ -666,7 +667,7 @@ ATTACKS: dict[str, Callable[[argparse.Namespace], Row]] = {
 
 
 HEADER = (f"{'attack':<8} {'window':>6} {'cpu_s':>6} {'rss':>5} {'+peak':>6} {'+after':>6} "
-          f"{'p50':>7} {'p99':>7} {'max':>7} {'fails':>5} {'honest':>7} {'out/in':>8} "
+          f"{'p50':>7} {'p99':>7} {'max':>7} {'fail/n':>7} {'honest':>7} {'out/in':>8} "
           f"{'log':>7} {'recover_s':>9} {'stop_s':>6} {'fds':>9}  notes")
 
 
@@ -683,7 +684,8 @@ def fmt(row: Row) -> str:
     recover = "never" if row.recover is None else f"{row.recover:.1f}"
     stop = "kill" if row.stop is None else f"{row.stop:.1f}"
     return (f"{row.attack:<8} {row.window:>6.1f} {row.cpu:>6.1f} {row.rss:>5.0f} "
-            f"{row.peak:>+6.0f} {row.after:>+6.0f} {p50:>7} {p99:>7} {top:>7} {fails:>5} "
+            f"{row.peak:>+6.0f} {row.after:>+6.0f} {p50:>7} {p99:>7} {top:>7} "
+            f"{f'{fails}/{len(lat)}':>7} "
             f"{row.honest[0]:>3}/{row.honest[1]:<3} {ratio:>8} {row.log:>7,} {recover:>9} "
             f"{stop:>6} {row.fds[0]:>4}>{row.fds[1]:<4}  {row.extra}")
 
@@ -739,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             print(fmt(ATTACKS[name](args)), flush=True)
-        except BenchError as e:
+        except (BenchError, OSError) as e:  # OSError: the victim's /proc entry went away
             failed += 1
             print(f"{name:<8} could not be measured: {e}", flush=True)
     return 1 if failed else 0

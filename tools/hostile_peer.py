@@ -145,14 +145,24 @@ class RawMember:
                 raise SystemExit("hostile peer: the victim never linked")
             self.pump(0.05, take)
         self.hello = got[0]
-        self.send(wire.Hello(version=wire.VERSION, group=self.group.id, node=self.node,
-                             heads={}, tips={}, links=(), seen=True))
+        self.send(hello_frame(self.group.id, self.node))
         self.frames_out = self.bytes_out = self.frames_in = self.bytes_in = 0
         return self.hello
 
     def counts(self) -> dict[str, int]:
         return {"frames_out": self.frames_out, "bytes_out": self.bytes_out,
                 "frames_in": self.frames_in, "bytes_in": self.bytes_in, "dropped": self.dropped}
+
+
+def hello_frame(group: bytes, node: bytes) -> bytes:
+    """Our HELLO: we hold nothing, are linked to nobody, and have seen the victim's."""
+    return wire.encode(wire.Hello(version=wire.VERSION, group=group, node=node, heads={},
+                                  tips={}, links=(), seen=True))
+
+
+def fake_heads(rng: random.Random, n: int) -> bytes:
+    """HEADS claiming `n` origins nobody has, each with up to 999 notes."""
+    return wire.encode(wire.Heads({rng.randbytes(32): rng.randrange(1, 1000) for _ in range(n)}))
 
 
 def signed_origin(body: str) -> bytes:
@@ -214,7 +224,7 @@ def heads(spec: Spec) -> None:
         claimed = 0
         while claimed < spec["origins"] and time.monotonic() < end:
             n = min(per_frame, spec["origins"] - claimed)
-            m.send(wire.Heads({rng.randbytes(32): rng.randrange(1, 1000) for _ in range(n)}))
+            m.send(fake_heads(rng, n))
             claimed += n
             m.pump(0)
         return {"claimed": claimed}
