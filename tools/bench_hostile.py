@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -735,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_hostile: the mdns attack needs root (a network namespace): skipped",
               file=sys.stderr)
         names.remove("mdns")
+    elif "mdns" in names:
+        sweep_namespaces()
     print(f"zflood hostile-peer benchmark: {', '.join(names)}", flush=True)
     print(HEADER, flush=True)
     failed = 0
@@ -747,14 +750,29 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-@contextlib.contextmanager
-def _no_traceback() -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every World: its processes are stopped
+
+
+def sweep_namespaces() -> None:
+    """Remove namespaces a killed earlier run of this benchmark left (their pid is gone)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            timeout=10, check=False).stdout.split()
+    for name in listed:
+        m = re.fullmatch(r"zfh-(\d+)-[0-9a-f]{4}", name)
+        if m is None or Path(f"/proc/{m[1]}").exists():
+            continue
+        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                  text=True, timeout=10, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(BenchError):
+            _ip("netns", "del", name)
 
 
 if __name__ == "__main__":
-    with _no_traceback():
+    signal.signal(signal.SIGTERM, _stopped)
+    try:
         sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
