@@ -4,12 +4,15 @@
 (`zflood run`) carries them over ZeroMQ on a LAN found by Zeroconf.
 """
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .errors import LocalError, NodeClosed, RemoteProtocolError, ZfloodError
-from .node import Channel, Node
-from .store import Fork, Note
+if TYPE_CHECKING:
+    from .config import Config
+    from .errors import LocalError, NodeClosed, RemoteProtocolError, ZfloodError
+    from .local import Client
+    from .node import Channel, Node
+    from .store import Fork, Note
 
 __all__ = [
     "Channel",
@@ -25,11 +28,19 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# Imported when first asked for: every `zflood` command and app imports this package, and most
+# need neither the engine nor ZeroMQ (a command's start-up time is mostly imports).
+_WHERE = {
+    "Channel": "node", "Node": "node", "Config": "config", "Fork": "store", "Note": "store",
+    "LocalError": "errors", "NodeClosed": "errors", "RemoteProtocolError": "errors",
+    "ZfloodError": "errors", "Client": "local",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # The client needs zmq; the engine alone must not import it.
-    if name == "Client":
-        from .local import Client
-
-        return Client
-    raise AttributeError(f"module 'zflood' has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zflood' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -24,6 +24,8 @@ class Group(Protocol):
 
     def publish(self, body: bytes | str) -> Map: ...
     def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]: ...
+    def count(self) -> int: ...
+    def names(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -40,6 +42,13 @@ class Online:
 
     def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]:
         return self.client.read(start, limit)
+
+    def count(self) -> int:
+        return int(self.client.status()["notes"])
+
+    def names(self) -> dict[str, str]:
+        """Member names by origin (hex), as the daemon knows them."""
+        return _names(self.client.status())
 
     def close(self) -> None:
         self.client.close()
@@ -64,14 +73,41 @@ class Offline:
         notes = [note_map(n) for n in self.node.notes(start, start + limit)]
         return notes, (notes[-1]["index"] + 1 if notes else start)
 
+    def count(self) -> int:
+        return self.node.count
+
+    def names(self) -> dict[str, str]:
+        return {}  # names are read from the daemon; offline, members show by short id
+
     def close(self) -> None:
         self.node.close()
 
 
-def open_group(state: Path) -> Online | Offline:
-    from ..cli import _running
+def _names(status: Map) -> dict[str, str]:
+    members = status.get("members")
+    if not isinstance(members, list):
+        return {}
+    return {str(m["origin"]): str(m["name"]) for m in members
+            if isinstance(m, dict) and m.get("name") and m.get("origin")}
 
-    ends = _running(state)
+
+def running(state: Path) -> Map | None:
+    """The endpoints of the daemon running in `state`, or None (as the CLI decides it)."""
+    import os
+
+    from ..statedir import STORE, read_endpoints
+    from ..store import in_use
+
+    try:
+        ends = read_endpoints(state)
+        os.kill(ends["pid"], 0)
+    except (LocalError, OSError, KeyError, TypeError):
+        return None  # none ran, or a kill -9 left endpoints.json naming a dead pid
+    return ends if in_use(state / STORE) else None  # a reused pid holds no store lock
+
+
+def open_group(state: Path) -> Online | Offline:
+    ends = running(state)
     if ends:
         return Online(ends["control"][0], ends["pub"][0] if ends.get("pub") else None)
     return Offline(state)
