@@ -26,6 +26,7 @@ from zflood import local
 from zflood.config import DEFAULT, Config, MiB
 from zflood.errors import LocalError
 from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints, protocol
+from zflood.local import client as client_module
 from zflood.node import Node
 from zflood.store import Note
 
@@ -453,6 +454,70 @@ def test_follow_yields_history_then_live_notes_each_once_in_order(
     ]
 
 
+@pytest.mark.parametrize(
+    ("history", "size", "live"),
+    [(20_000, 10, 0), (20_000, 10, 300), (120, 100 * 1024, 0), (120, 100 * 1024, 300)],
+    ids=["small", "small, live meanwhile", "large", "large, live meanwhile"],
+)
+def test_follow_reads_a_long_history_without_waiting_for_its_timer(
+    daemon: Daemon, client: Client, monkeypatch: pytest.MonkeyPatch, history: int, size: int,
+    live: int,
+) -> None:
+    """Many pages of history (of large notes: pages cut short by the reply's byte budget),
+    alone or with live notes arriving during the catch-up, come out each once, in order. The
+    resync timer is set far beyond the test's bound: a follower that waited for it between
+    pages fails."""
+    monkeypatch.setattr(protocol, "RESYNC", 60.0)
+    bodies: list[str | bytes] = [f"h{i} {'x' * size}" for i in range(history)]
+    for i in range(0, history, 5000):
+        chunk = bodies[i : i + 5000]
+        daemon.call(lambda: daemon.node.publish_many(chunk))  # noqa: B023 (called at once)
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def publisher() -> None:
+        try:
+            started.wait(WAIT)
+            for i in range(live):
+                daemon.publish(f"l{i}")
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    got: list[str] = []
+    deadline = time.monotonic() + WAIT
+    try:
+        for note in client.follow(0, timeout=WAIT):
+            started.set()
+            assert note["index"] == len(got), "out of order, repeated or missing"
+            got.append(note["body"].split(" ")[0])
+            assert time.monotonic() < deadline, f"only {len(got)} notes within {WAIT}s"
+            if len(got) == history + live:
+                break
+    finally:
+        started.set()
+        thread.join(WAIT)
+    assert not thread.is_alive() and not errors
+    assert got == [f"h{i}" for i in range(history)] + [f"l{i}" for i in range(live)]
+
+
+def test_a_follower_and_its_clients_own_requests_do_not_take_each_others_replies(
+    daemon: Daemon, client: Client
+) -> None:
+    daemon.call(lambda: daemon.node.publish_many(["h"] * (3 * local.READ_LIMIT)))
+    got = []
+    for note in client.follow(0, timeout=WAIT):
+        got.append(note["index"])
+        if note["index"] % 500 == 0:  # while the follower's reads are in flight
+            assert client.status() == {"count": daemon.call(lambda: daemon.node.count)}
+        if note["index"] < 10:
+            client.publish("more")
+        if len(got) == 3 * local.READ_LIMIT + 10:
+            break
+    assert got == list(range(3 * local.READ_LIMIT + 10))
+
+
 def test_follow_from_the_end_sees_only_new_notes_and_times_out_when_idle(
     daemon: Daemon, client: Client
 ) -> None:
@@ -503,15 +568,15 @@ def test_follow_survives_a_real_pub_overflow(
     monkeypatch.setattr(protocol, "PUB_SNDHWM", 1)
     monkeypatch.setattr(protocol, "SUB_RCVHWM", 1)
     monkeypatch.setattr(protocol, "RESYNC", 0.05)
-    reads: list[int] = []
-    read = Client.read
+    reads: list[int] = []  # notes in each read reply the follower took
+    read_reply = client_module._read_reply
 
-    def counted(self: Client, start: int = 0, limit: int = local.READ_LIMIT) -> Any:
-        notes, nxt = read(self, start, limit)
-        reads.append(len(notes))
-        return notes, nxt
+    def counted(reply: Any) -> Any:
+        taken = read_reply(reply)
+        reads.append(len(taken[0]))
+        return taken
 
-    monkeypatch.setattr(Client, "read", counted)
+    monkeypatch.setattr(client_module, "_read_reply", counted)
     d = Daemon(tmp_path)
     total = 20_001
     try:

@@ -281,6 +281,11 @@ class Store:
             if len(rows) < chunk:
                 return
             seqno = rows[-1][0] + 1
+            # indices grow within an origin: no more than this many of its notes are left
+            # below `stop` (reading a full chunk past the range doubled a short read's cost)
+            chunk = min(chunk, stop - rows[-1][3] - 1)
+            if chunk <= 0:
+                return
 
     def forks(self) -> list[Fork]:
         return [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Generator, Iterator
 from types import TracebackType
 
@@ -69,11 +70,16 @@ class Client:
 
     def read(self, start: int = 0, limit: int = protocol.READ_LIMIT) -> tuple[list[Map], int]:
         """Held notes from local index `start`, at most `limit`: (notes, next index)."""
-        reply = self._request({"op": "read", "start": start, "limit": limit})
-        notes, nxt = reply.get("notes"), reply.get("next")
-        if not isinstance(notes, list) or type(nxt) is not int:
-            raise LocalError("the daemon sent a malformed read reply")
+        notes, nxt, _ = self._read(start, limit)
         return notes, nxt
+
+    def _read(self, start: int, limit: int = protocol.READ_LIMIT) -> tuple[list[Map], int, int]:
+        """(notes, next index, notes the daemon holds)."""
+        reply = self._request({"op": "read", "start": start, "limit": limit})
+        notes, nxt, count = reply.get("notes"), reply.get("next"), reply.get("count")
+        if not isinstance(notes, list) or type(nxt) is not int or type(count) is not int:
+            raise LocalError("the daemon sent a malformed read reply")
+        return notes, nxt, count
 
     def follow(
         self, start: int = 0, *, timeout: float | None = None
@@ -83,55 +89,21 @@ class Client:
         if self.pub is None:
             raise LocalError("following needs the daemon's PUB endpoint")
         sub: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
-        self._subs.add(sub)
+        # reads of its own: replies in flight must not meet this client's other requests
+        dealer: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        self._subs.update((sub, dealer))
         try:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, protocol.SUB_RCVHWM)
             sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC)
             sub.connect(self.pub)
-            yield from self._follow(sub, start, timeout)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(self.control)
+            yield from _Follower(self, sub, dealer, start, timeout).run()
         finally:
-            self._subs.discard(sub)
+            self._subs.difference_update((sub, dealer))
             sub.close(linger=0)
-
-    def _follow(self, sub: zmq.Socket[bytes], start: int, timeout: float | None) -> Iterator[Map]:
-        expected = start
-        ahead: dict[int, Map] = {}  # live notes past `expected`, by index
-        last_new = check_at = time.monotonic()  # check at once: that reads the history
-        while True:
-            while sub.poll(0):
-                note = live_note(sub.recv_multipart())
-                if note is None or note["index"] < expected:
-                    continue
-                if len(ahead) < protocol.MAX_AHEAD:
-                    ahead[note["index"]] = note
-            while expected in ahead:
-                yield ahead.pop(expected)
-                expected += 1
-                last_new = time.monotonic()
-            now = time.monotonic()
-            expired = timeout is not None and now >= last_new + timeout
-            if ahead or expired or now >= check_at:
-                notes, _ = self.read(expected)
-                check_at = time.monotonic() + protocol.RESYNC
-                for note in notes:
-                    yield note
-                    expected = note["index"] + 1
-                for i in [i for i in ahead if i < expected]:
-                    del ahead[i]
-                if notes:
-                    last_new = time.monotonic()
-                    continue  # maybe more to read; live notes were buffering meanwhile
-                # The store holds nothing past `expected`, so these came from another store
-                # (the daemon was reset): waiting for them to be filled would never end.
-                ahead.clear()
-                if expired:
-                    return
-                now = time.monotonic()
-            wait = check_at - now
-            if timeout is not None:
-                wait = min(wait, last_new + timeout - now)
-            sub.poll(max(0, int(wait * 1000) + 1))
+            dealer.close(linger=0)
 
     def close(self) -> None:
         for sock in [*self._subs, *([self._dealer] if self._dealer else [])]:
@@ -148,12 +120,23 @@ class Client:
     ) -> None:
         self.close()
 
-    def _request(self, req: Map) -> Map:
+    def _encode(self, req: Map) -> tuple[int, bytes]:
+        """A request with a fresh id: (id, CBOR)."""
         rid = req["id"] = next(self._ids)
         data = cbor2.dumps(req)
         if len(data) > DEFAULT.max_frame:
             # the daemon's MAXMSGSIZE would cut the connection without an answer
             raise LocalError(f"request of {len(data)} bytes exceeds {DEFAULT.max_frame}")
+        return rid, data
+
+    def _unavailable(self) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"no answer from the zflood daemon at {self.control} within {self.timeout:g}s"
+            " (is it running?)"
+        )
+
+    def _request(self, req: Map) -> Map:
+        rid, data = self._encode(req)
         if self._dealer is None:
             self._dealer = self._ctx.socket(zmq.DEALER)
             self._dealer.setsockopt(zmq.LINGER, 0)
@@ -170,14 +153,150 @@ class Client:
                 continue
             if not isinstance(reply, dict) or reply.get("id") != rid:
                 continue  # a reply to a request we gave up on
-            if reply.get("ok") is not True:
-                raise LocalError(str(reply.get("error", "the daemon refused the request")))
-            return reply
+            return _checked(reply)
         # A new socket next time: the old one may still hold this request, which must not
         # reach a daemon that starts later.
         dealer.close(linger=0)
         self._dealer = None
-        raise DaemonUnavailable(
-            f"no answer from the zflood daemon at {self.control} within {self.timeout:g}s"
-            " (is it running?)"
-        )
+        raise self._unavailable()
+
+
+def _checked(reply: Map) -> Map:
+    if reply.get("ok") is not True:
+        raise LocalError(str(reply.get("error", "the daemon refused the request")))
+    return reply
+
+
+def _read_reply(reply: Map) -> tuple[list[Map], int, int]:
+    """(notes, next index, notes the daemon holds) of a read reply."""
+    notes, nxt, count = _checked(reply).get("notes"), reply.get("next"), reply.get("count")
+    if not isinstance(notes, list) or type(nxt) is not int or type(count) is not int:
+        raise LocalError("the daemon sent a malformed read reply")
+    return notes, nxt, count
+
+
+class _Follower:
+    """One `Client.follow`: PUB for live notes, reads of its own for history and for gaps.
+
+    Behind the store it keeps `protocol.READS_AHEAD` reads in flight, each for the range
+    after the last one asked, so the daemon reads and encodes the next batch while this
+    process decodes and yields the last (waiting for a timer between batches once made
+    catching up a thousand times slower than reading). Replies and live notes may come in
+    any order: a note is yielded only when its index is the one expected, a later one waits
+    in `ahead` (bounded: more are read again), an earlier one is a duplicate."""
+
+    def __init__(self, client: Client, sub: zmq.Socket[bytes], dealer: zmq.Socket[bytes],
+                 start: int, timeout: float | None) -> None:
+        self.client = client
+        self.sub = sub
+        self.dealer = dealer
+        self.timeout = timeout
+        self.expected = start
+        self.ahead: dict[int, Map] = {}  # notes past `expected`, by index
+        self.held: int | None = None  # notes the daemon held at its last reply
+        self.asked = start  # reads in flight cover up to here
+        self.inflight: deque[tuple[int, int, float]] = deque()  # (id, start, sent at)
+        self.last_new = self.check_at = time.monotonic()  # at once: that reads the history
+        self.poller = zmq.Poller()
+        self.poller.register(sub, zmq.POLLIN)
+        self.poller.register(dealer, zmq.POLLIN)
+
+    def run(self) -> Iterator[Map]:
+        while True:
+            while self.sub.poll(0):
+                note = live_note(self.sub.recv_multipart())
+                if note is not None:
+                    self._hold(note)
+            yield from self._ready()
+            while self.dealer.poll(0):
+                done = yield from self._reply()
+                if done:
+                    return
+            now = time.monotonic()
+            self._ask(now)
+            if self.sub.poll(0) or self.dealer.poll(0):
+                continue
+            if self.inflight:
+                wait = self.inflight[0][2] + self.client.timeout - now
+                if wait <= 0:
+                    raise self.client._unavailable()
+            else:
+                wait = self.check_at - now
+                if self.timeout is not None:
+                    wait = min(wait, self.last_new + self.timeout - now)
+            self.poller.poll(max(0, int(wait * 1000) + 1))
+
+    def _hold(self, note: Map) -> None:
+        index = note["index"]
+        if index >= self.expected and len(self.ahead) < protocol.MAX_AHEAD:
+            self.ahead[index] = note
+
+    def _ready(self) -> Iterator[Map]:
+        ahead = self.ahead
+        while self.expected in ahead:
+            yield ahead.pop(self.expected)
+            self.expected += 1
+            self.last_new = time.monotonic()
+
+    def _ask(self, now: float) -> None:
+        """Send the reads that are due: ahead of the history while behind it; else one read
+        for a gap, for the idle check, or before giving up."""
+        if not self.inflight:
+            self.asked = self.expected  # nothing covers what lies past it
+        if self.held is not None and self.expected < self.held:  # behind the store
+            while len(self.inflight) < protocol.READS_AHEAD:
+                begin = max(self.asked, self.expected)
+                if begin >= self.held:
+                    break
+                self._send(begin)
+            return
+        if self.inflight:
+            return
+        expired = self.timeout is not None and now >= self.last_new + self.timeout
+        if self.ahead or expired or now >= self.check_at:
+            self._send(self.expected)
+
+    def _send(self, start: int) -> None:
+        req = {"op": "read", "start": start, "limit": protocol.READ_LIMIT}
+        rid, data = self.client._encode(req)
+        self.dealer.send(data)
+        self.inflight.append((rid, start, time.monotonic()))
+        self.asked = start + protocol.READ_LIMIT
+
+    def _reply(self) -> Generator[Map, None, bool]:
+        """Take one reply off the socket and yield what it makes ready; True when the
+        follower is done (it timed out and the store holds nothing new)."""
+        try:
+            reply = decode(self.dealer.recv_multipart()[-1])
+        except LocalError:
+            return False
+        rid = reply.get("id") if isinstance(reply, dict) else None
+        ids = [entry[0] for entry in self.inflight]
+        if rid not in ids:
+            return False  # not ours (any more)
+        hole = self.inflight[0][0] != rid
+        while self.inflight[0][0] != rid:  # dropped by the daemon: read again below
+            self.inflight.popleft()
+        _, start, _ = self.inflight.popleft()
+        notes, nxt, self.held = _read_reply(reply)
+        if hole or nxt < min(start + protocol.READ_LIMIT, self.held):
+            self.asked = self.expected  # cut short (large notes): ask on from what is missing
+        for note in notes:
+            index = note["index"]
+            if index == self.expected:
+                self.ahead.pop(index, None)
+                yield note
+                self.expected += 1
+                self.last_new = time.monotonic()
+            elif index > self.expected:
+                self._hold(note)
+        yield from self._ready()
+        now = time.monotonic()
+        if nxt >= self.held:
+            self.check_at = now + protocol.RESYNC
+        if notes or start != self.expected:
+            return False
+        # The store holds nothing at `expected`, so what waits ahead came from another store
+        # (the daemon was reset): waiting for it to be filled would never end.
+        self.ahead.clear()
+        return self.timeout is not None and now >= self.last_new + self.timeout

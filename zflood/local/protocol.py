@@ -32,6 +32,8 @@ READ_LIMIT = 1000
 BURST = 1000
 #: An idle follower reads the store this often, to catch notes PUB dropped at a burst's tail.
 RESYNC = 1.0
+#: Reads a follower keeps in flight while it is behind the store.
+READS_AHEAD = 2
 #: Live notes a follower holds while it reads a gap from the store; more are read again later.
 MAX_AHEAD = 10_000
 #: A subscriber sends only subscriptions: nothing legitimate comes near this.
