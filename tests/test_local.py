@@ -376,9 +376,10 @@ def rss() -> int:
 def test_a_client_that_never_reads_its_replies_costs_a_bounded_number_of_bytes(
     tmp_path: Path,
 ) -> None:
-    config = Config(local_client_bytes=1 * MiB, local_total_bytes=4 * MiB)
+    config = Config(local_client_bytes=2 * DEFAULT.max_frame, local_total_bytes=8 * MiB)
     d = Daemon(tmp_path, config=config)
-    asked = 200  # each reply is about 2 MiB: 400 MiB if they all waited for the client
+    asked = 200  # each reply is about 2 MiB: 400 MiB if they all waited for the client (it
+    # reads none: the first few are in its own queue and the kernel's, the rest in ours)
     ctx = zmq.Context()
     try:
         d.call(lambda: d.node.publish_many([bytes(200 * 1024)] * 40))

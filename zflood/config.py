@@ -84,7 +84,8 @@ class Config:
     #: Reply bytes ZeroMQ may still hold for one local client; while it holds more (the client
     #: does not read), that client's requests are dropped unanswered.
     local_client_bytes: int = 8 * MiB
-    #: The same for all local clients together; a client with nothing unread is always served.
+    #: The same for all local clients together; a client with at most one reply unread is
+    #: always served.
     local_total_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
@@ -94,6 +95,9 @@ class Config:
             raise ValueError("batch_notes and window_batches must be at least 1")
         if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:
             raise ValueError("max_frame must hold a full batch plus one largest note")
+        if self.local_client_bytes < 2 * self.max_frame:
+            # a client reading promptly may be charged for a reply or two it already read
+            raise ValueError("local_client_bytes must be at least twice max_frame")
 
 
 DEFAULT = Config()
