@@ -22,21 +22,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq.asyncio
 from logwatch import LogWatch
 from netns import DBUS_CONF
-from zeroconf import ServiceInfo
+from zeroconf import ServiceInfo, current_time_millis
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncZeroconf
 
+from zflood.config import DEFAULT
 from zflood.discovery import (
     SERVICE_TYPE,
     Discovery,
     best_address,
     host_addresses,
     instance_label,
+    record_key,
+    record_tag,
 )
 from zflood.errors import LocalError
+from zflood.identity import Group, SigningKey
+from zflood.mesh import Link, Mesh
 
 WAIT = 5.0
+_FLAGS_QR_RESPONSE, _FLAGS_AA = 0x8000, 0x0400  # an mDNS response, authoritative
+_TYPE_PTR, _CLASS_IN = 12, 1
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +81,9 @@ class Seen:
             on_found=lambda node, endpoint: self.found.put_nowait((node, endpoint)),
             on_lost=self.lost.put_nowait,
         )
+
+    def report(self, node: bytes, endpoint: str) -> None:
+        self.found.put_nowait((node, endpoint))
 
     async def next_found(self) -> tuple[bytes, str]:
         return await asyncio.wait_for(self.found.get(), WAIT)
@@ -369,5 +381,172 @@ def test_avahi_sees_our_service_and_its_goodbye_and_we_see_avahis(netns: str) ->
                 for p in (publish, us, browse):
                     if p is not None:
                         await p.stop()
+
+    run(main)
+
+
+# -- a stranger's fake records (issue 8, item 5) ----------------------------------------------
+
+
+async def announce_fakes(zc: AsyncZeroconf, group: bytes, endpoints: list[tuple[str, int]]) -> None:
+    """Unsolicited mDNS responses of 20 records each, as anyone on the LAN can send: each a
+    service of our group, with a node id of its own, at `endpoints`."""
+    await zc.zeroconf.async_wait_for_start()  # a send before its sockets are up is lost
+    now = current_time_millis()
+    out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+    for i, (address, port) in enumerate(endpoints):
+        label = instance_label(os.urandom(32))
+        info = ServiceInfo(SERVICE_TYPE, f"{label}.{SERVICE_TYPE}", port=port,
+                           properties={"v": "1", "g": group.hex(), "n": os.urandom(32).hex()},
+                           server=f"{label}.local.", parsed_addresses=[address])
+        for record in (info.dns_pointer(), info.dns_service(), info.dns_text(),
+                       *info.dns_addresses()):
+            out.add_answer_at_time(record, now)
+        if i % 20 == 19 or i == len(endpoints) - 1:
+            zc.zeroconf.async_send(out)
+            out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+            # The attacker's pace: 10,000 records a second. Faster, and the receivers' socket
+            # buffers (every receiver here shares this loop) drop what they cannot hold.
+            await asyncio.sleep(0.002)
+
+
+class Meshed:
+    """A Mesh on 127.0.0.1 wired to a Discovery as the daemon wires them."""
+
+    def __init__(self, group: Group, *, tagged: bool) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.key = SigningKey()
+        self.links: asyncio.Queue[Link] = asyncio.Queue()
+        self.found = 0
+        self.enough = asyncio.Event()  # set once 2,000 records reached the mesh
+        self.fds_most = 0
+        self.mesh = Mesh(self.ctx, self.key, group, listen="tcp://127.0.0.1:0",
+                         on_link=self.links.put_nowait)
+        self.group = group
+        self.tagged = tagged
+        self.discovery: Discovery | None = None
+
+    async def start(self) -> None:
+        await self.mesh.start()
+        self.discovery = Discovery(self.key.public, self.group.id, self.mesh.port,
+                                   interfaces=["127.0.0.1"], on_found=self._found,
+                                   on_lost=self.mesh.forget,
+                                   record_key=record_key(self.group) if self.tagged else None)
+        await self.discovery.start()
+
+    def _found(self, node: bytes, endpoint: str) -> None:
+        self.mesh.dial(endpoint, node)
+        self.found += 1
+        if self.found % 100 == 0:
+            self.fds_most = max(self.fds_most, len(os.listdir("/proc/self/fd")))
+        if self.found >= 2000:
+            self.enough.set()
+
+    def records_cached(self) -> int:
+        """Services of our type in Zeroconf's cache: what reached us, reported or not."""
+        assert self.discovery is not None and self.discovery._zc is not None
+        cache = self.discovery._zc.zeroconf.cache
+        return len(cache.async_all_by_details(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+
+    async def linked_to(self, node: bytes) -> None:
+        while (await asyncio.wait_for(self.links.get(), WAIT)).node != node:
+            pass
+
+    async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+        await self.mesh.close()
+        self.ctx.term()
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["member-tags", "untagged-records"])
+def test_a_member_links_within_two_seconds_while_5000_fake_records_are_announced(
+    tagged: bool,
+) -> None:
+    """Fake records of our group at 4,980 addresses where nothing listens (127.x.y.z:9,
+    refused) and at 20 ports that accept and never speak (a tarpit). With member tags (what the
+    daemon runs) none is reported and the flood goes on while the member starts; without them
+    (records as an older member or avahi-publish makes them) each reaches the mesh, which dials
+    a bounded number at once. Either way open files stay bounded and a real member that starts
+    then links within two seconds."""
+    async def main() -> None:
+        group = Group.new()
+        holders: list[asyncio.StreamWriter] = []
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            holders.append(writer)  # accept, then never say a word
+
+        tarpits = [await asyncio.start_server(hold, "127.0.0.1", 0) for _ in range(20)]
+        fakes = [("127.0.0.1", t.sockets[0].getsockname()[1]) for t in tarpits]
+        fakes += [(f"127.{1 + i // 62500}.{i // 250 % 250}.{1 + i % 250}", 9)
+                  for i in range(5000 - len(fakes))]
+        victim, member = Meshed(group, tagged=tagged), Meshed(group, tagged=tagged)
+        stranger = AsyncZeroconf(interfaces=["127.0.0.1"])
+        try:
+            fds_before = len(os.listdir("/proc/self/fd"))
+            await victim.start()
+            t0 = time.monotonic()
+            await announce_fakes(stranger, group.id, fakes)
+            if not tagged:
+                await asyncio.wait_for(victim.enough.wait(), WAIT)
+            print(f"\n5,000 fake records sent in {time.monotonic() - t0:.2f} s; "
+                  f"{victim.records_cached()} in Zeroconf's cache, {victim.found} reached the mesh")
+            assert victim.records_cached() >= 2000
+            assert victim.found == 0 if tagged else victim.found >= 2000
+            t0 = time.monotonic()
+            await member.start()
+            flood = asyncio.create_task(announce_fakes(stranger, group.id, fakes if tagged
+                                                       else []))
+            await asyncio.gather(victim.linked_to(member.key.public),
+                                 member.linked_to(victim.key.public))
+            took = time.monotonic() - t0
+            await flood
+            fds = len(os.listdir("/proc/self/fd"))
+            stats = victim.mesh.stats()
+            print(f"member linked both ways {1000 * took:.0f} ms after its start; open files "
+                  f"{fds_before} before, at most {max(victim.fds_most, fds)} during; {stats}")
+            assert took < 2.0
+            assert stats["sockets"] <= DEFAULT.dial_slots + 1
+            assert stats["records_waiting"] + stats["records_on_trial"] <= DEFAULT.max_candidates
+            # each DEALER: a socket and its mailbox; and the tarpits' connections, ours
+            assert max(victim.fds_most, fds) - fds_before < 6 * DEFAULT.dial_slots + 150
+        finally:
+            await member.close()
+            await victim.close()
+            await stranger.async_close()
+            for writer in holders:
+                writer.close()
+            for t in tarpits:
+                t.close()
+                await t.wait_closed()
+
+    run(main, timeout=60)
+
+
+def test_records_of_our_group_need_a_member_tag_when_a_record_key_is_set() -> None:
+    async def main() -> None:
+        group = Group.new()
+        key = record_key(group)
+        seen: list[Seen] = []
+        for tag in (key, os.urandom(32), None):  # a member, a stranger's tags, no tags
+            s = Seen(group.id, 7300 + len(seen))
+            s.discovery = Discovery(s.node, group.id, s.port, interfaces=["127.0.0.1"],
+                                    on_found=s.report, on_lost=s.lost.put_nowait,
+                                    record_key=tag)
+            seen.append(s)
+        a, stranger, untagged = seen
+        with LogWatch(f"ignored {instance_label(stranger.node)}", "zflood.discovery") as refused:
+            try:
+                for s in seen:
+                    await s.discovery.start()
+                # without a key everything of the group is reported: both records are out
+                assert {(await untagged.next_found())[0] for _ in range(2)} == {
+                    a.node, stranger.node}
+                await asyncio.wait_for(refused.seen.wait(), WAIT)  # only a checks tags
+            finally:
+                for s in seen:
+                    await s.discovery.close()
+        assert a.found.empty() and stranger.found.empty()
+        assert record_tag(key, a.node, 7300) != record_tag(key, a.node, 7301)
 
     run(main)

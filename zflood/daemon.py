@@ -27,7 +27,7 @@ import zmq.asyncio
 
 from . import __version__, identity
 from .config import DEFAULT, Config
-from .discovery import Discovery
+from .discovery import Discovery, record_key
 from .errors import LocalError
 from .local import LocalAPI, ipc_endpoints
 from .mesh import Link, Mesh
@@ -95,7 +95,7 @@ class Daemon:
             if opts.discovery:
                 self.discovery = Discovery(
                     node.id, group.id, self.mesh.port, on_found=self._found, on_lost=self._lost,
-                    interfaces=opts.interfaces,
+                    interfaces=opts.interfaces, config=opts.config, record_key=record_key(group),
                 )
                 stack.push_async_callback(self.discovery.close)
                 await self.discovery.start()

@@ -11,6 +11,15 @@ cache, since announcements carry SRV, TXT and A records together) and reported w
 mDNS is unauthenticated, and a crashed node's record can linger for its TTL: `on_found` is a
 hint to dial, never proof of life or of identity. The mesh's CURVE handshake and HIs are that.
 
+Anyone on the LAN can also announce thousands of records carrying our (public) group id. With a
+`record_key` (the daemon derives one from the group secret: `record_key(group)`), our TXT
+carries a tag `t`, a keyed hash of node id and port that only members can make, and records of
+our group without a valid tag are not reported: a stranger's fakes cost a parse, never a dial.
+(A copied tag names a real member's node and port, so replays add at most one record per
+member; the mesh bounds what it dials anyway, see zflood.liveness.) A record is resolved from
+the cache when its announcement carried everything, as ours do, and over the network only
+`max_resolving` at a time; at most `max_records` reported records are remembered.
+
 On close the goodbye (TTL 0) is awaited, or it never leaves and peers keep the record.
 """
 
@@ -20,6 +29,8 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 import logging
 import socket
@@ -29,8 +40,10 @@ from collections.abc import Callable
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .config import DEFAULT, Config
 from .endpoints import tcp_endpoint
 from .errors import LocalError
+from .identity import Group
 
 log = logging.getLogger("zflood.discovery")
 
@@ -43,6 +56,17 @@ _SIOCGIFADDR = 0x8915
 def instance_label(node: bytes) -> str:
     """A DNS label (at most 63 bytes) holding the whole node id: base32 fits, hex does not."""
     return "zflood-" + base64.b32encode(node).decode().rstrip("=").lower()
+
+
+def record_key(group: Group) -> bytes:
+    """The key that tags our mDNS records: from the group secret, so members alone hold it."""
+    return hashlib.blake2b(b"zflood:mdns-record", key=group.secret, digest_size=32).digest()
+
+
+def record_tag(key: bytes, node: bytes, port: int) -> bytes:
+    """The TXT `t` value (hex) a member with `node` listening on `port` announces."""
+    mac = hashlib.blake2b(node + port.to_bytes(2, "big"), key=key, digest_size=16)
+    return mac.hexdigest().encode()
 
 
 def interface_ipv4(name: str) -> str:
@@ -101,8 +125,12 @@ class Discovery:
         on_found: Callable[[bytes, str], None],
         on_lost: Callable[[bytes], None],
         interfaces: list[str] | None = None,
+        config: Config = DEFAULT,
+        record_key: bytes | None = None,
     ) -> None:
         self.node = node
+        self._record_key = record_key
+        self._config = config
         self._group_hex = group_id.hex().encode()
         self._port = port
         self._on_found = on_found
@@ -126,7 +154,7 @@ class Discovery:
             SERVICE_TYPE,
             f"{label}.{SERVICE_TYPE}",
             port=self._port,
-            properties={b"v": PROTOCOL_VERSION, b"g": self._group_hex, b"n": self.node.hex()},
+            properties=self._properties(),
             server=f"{label}.local.",
             parsed_addresses=self._addresses,
         )
@@ -143,6 +171,13 @@ class Discovery:
             raise
         self._announcing = asyncio.ensure_future(announcing)  # repeats the announcement twice
         log.info("announced %s on %s port %d", label, self._addresses, self._port)
+
+    def _properties(self) -> dict[bytes, bytes | str]:
+        props: dict[bytes, bytes | str] = {
+            b"v": PROTOCOL_VERSION, b"g": self._group_hex, b"n": self.node.hex()}
+        if self._record_key is not None:
+            props[b"t"] = record_tag(self._record_key, self.node, self._port)
+        return props
 
     async def close(self) -> None:
         """Goodbye (awaited, so it leaves), stop browsing, close Zeroconf."""
@@ -177,7 +212,14 @@ class Discovery:
                 except Exception:
                     log.exception("on_lost callback failed")
         elif self._zc is not None:
-            self._resolving[name] = asyncio.create_task(self._resolve(service_type, name))
+            info = AsyncServiceInfo(service_type, name)
+            if info.load_from_cache(zeroconf):  # announcements carry SRV, TXT and A
+                self._found(name, info)
+            elif len(self._resolving) < self._config.max_resolving:
+                self._resolving[name] = asyncio.create_task(self._resolve(service_type, name))
+            else:
+                log.debug("not resolving %s: %d records resolving already", name,
+                          len(self._resolving))
 
     async def _resolve(self, service_type: str, name: str) -> None:
         assert self._zc is not None
@@ -204,12 +246,22 @@ class Discovery:
             return
         if node == self.node:
             return
+        if self._record_key is not None and not hmac.compare_digest(
+            props.get(b"t") or b"", record_tag(self._record_key, node, info.port)
+        ):
+            log.debug("ignored %s: no valid member tag", name)
+            return
         address = best_address(info.parsed_addresses(IPVersion.V4Only), self._addresses)
         address = address or best_address(info.parsed_addresses(IPVersion.V6Only), [])
         if address is None:
             return
         endpoint = tcp_endpoint(address, info.port)
         if self._reported.get(name) != (node, endpoint):
-            self._reported[name] = (node, endpoint)
-            log.info("found %s at %s", node.hex()[:12], endpoint)
+            self._reported.pop(name, None)
+            self._reported[name] = (node, endpoint)  # the newest last
+            while len(self._reported) > self._config.max_records:
+                del self._reported[next(iter(self._reported))]
+            # debug, not info: a record is a claim anyone can make, thousands at a time; the
+            # mesh logs a link once the member proves itself
+            log.debug("found %s at %s", node.hex()[:12], endpoint)
             self._on_found(node, endpoint)
