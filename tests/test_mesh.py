@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -594,5 +595,42 @@ def test_a_stale_announced_address_gives_way_to_a_static_peers_knock(net: Net) -
         a.mesh.dial(b.endpoint)
         await a.next_raw(b.node)
         await b.next_raw(a.node)
+
+    net.run(main)
+
+
+@pytest.mark.parametrize("bound", ["messages", "bytes", "time"])
+def test_the_reader_hands_the_loop_back_between_bounded_bursts(net: Net, bound: str) -> None:
+    """A backlog of frames (each costing the engine 2 ms here) must not hold the loop until it
+    is drained: other tasks (the local API, the timers, the watchdog) get a turn after every
+    burst of `burst_messages`, `burst_bytes` or `burst_time`."""
+    frame = os.urandom(10_000)
+    limits = {"messages": {"burst_messages": 10},
+              "bytes": {"burst_bytes": 10 * len(frame)},
+              "time": {"burst_time": 0.02}}[bound]
+    async def main() -> None:
+        group = Group.new()
+        a = await net.member(group, config=replace(FAST, **limits))  # type: ignore[arg-type]
+        b = await net.member(group)
+        a.mesh.dial(b.endpoint, b.node)
+        ab, ba = await a.next_raw(b.node), await b.next_link(a.node)
+        handled = 0
+        most = 0  # frames handled between two turns of another task
+
+        def engine(_: bytes) -> None:
+            nonlocal handled
+            handled += 1
+            time.sleep(0.002)  # the engine's work on a batch, holding the loop as it does
+
+        ab.on_receive(engine)
+        for _ in range(300):
+            ba.link.send(frame)
+        seen = 0
+        while handled < 300:
+            await asyncio.sleep(0)
+            most, seen = max(most, handled - seen), handled
+        print(f"at most {most} frames handled between two turns of another task")
+        assert most <= 11  # 10 per burst (20 ms of 2 ms frames), and one the clock may add
+        await close_all(a, b)
 
     net.run(main)
