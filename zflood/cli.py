@@ -327,12 +327,29 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     print(f"group   {status['group']}")
     running = status["running"]
     print(f"daemon  {'running, listening on ' + status['listen'] if running else 'stopped'}")
-    print(f"notes   {status['notes']} from {len(status['heads'])} origins; {status['forks']} forks")
+    print(f"notes   {status['notes']} from {len(status['heads'])} origins; "
+          f"{len(status['forks'])} forks")
+    for fork in status["forks"]:
+        print(f"fork    {_fork_line(fork)}")
     print(f"ed25519 by {status['ed25519']}")
     for peer in status["peers"]:
         print(f"peer    {peer['node'][:16] or '?':16} {peer['state']:10} {peer['address']}")
     print(f"code    {status['code']}  (zflood join CODE adds a machine; keep it secret)")
     return 0
+
+
+def _fork_line(fork: dict[str, Any]) -> str:
+    """One fork for `status`: the origin, where its branches split, which was kept, and
+    what was published again."""
+    who = "this node" if fork["ours"] else fork["origin"][:16]
+    line = (f"{who} split at #{fork['seqno']}: kept {fork['kept'][:8]}, "
+            f"dropped {fork['lost'][:8]} ({fork['dropped']} held off the log)")
+    if fork["published_again"]:
+        first, last = fork["again_seqnos"]
+        line += f"; {fork['published_again']} published again as #{first}..#{last}"
+    elif fork["healing"]:
+        line += "; publishing again once caught up"
+    return line
 
 
 def cmd_export(state: Path, args: argparse.Namespace) -> int:

@@ -177,7 +177,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "group": node.group.hex(),
         "notes": node.count,
         "heads": {origin.hex(): count for origin, count in node.heads.items()},
-        "forks": len(node.forks),
+        "forks": node.fork_report(),  # where each forked origin split, what was kept
         "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography
     }
 
