@@ -12,6 +12,7 @@ from channels import ManualChannel, linked
 
 from zflood import Config, LocalError, Node, NodeClosed, wire
 from zflood.identity import SigningKey
+from zflood.log import kept
 from zflood.sim import Sim, SimChannel
 from zflood.store import Note
 
@@ -216,7 +217,7 @@ def test_a_hello_naming_another_node_than_the_channel_vouches_for_is_refused() -
     assert not honest.closed
 
 
-def test_a_restored_backup_that_publishes_again_is_a_fork(tmp_path: Path) -> None:
+def test_a_restored_backup_that_publishes_again_forks_and_heals(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     a = Node(path=str(path))
     b, c = Node(), Node()
@@ -239,10 +240,14 @@ def test_a_restored_backup_that_publishes_again_is_a_fork(tmp_path: Path) -> Non
     c.publish("c's note")
     sim.connect_nodes(c, b)
     sim.run_until_quiescent()
-    assert [f.seqno for f in b.forks] == [1]
+    assert [f.seqno for f in b.forks] == [1]  # where the branches split
     fork = b.forks[0]
-    assert fork.origin == old.id and fork.ours != fork.theirs
-    assert [n.body for n in b.notes() if n.origin == old.id] == ["one", "two"]  # first kept
+    assert fork.origin == old.id and fork.kept != fork.lost
+    # one branch is kept everywhere; the other's body is published again: nothing is lost
+    assert b.heads == old.heads == c.heads and b.heads[old.id] == 3
+    for node in (b, c, old):
+        bodies = sorted(str(n.body) for n in node.notes() if n.origin == old.id)
+        assert bodies == ["one", "two", "two, again"]
     assert old.heads[c.id] == 1  # every other origin still replicates
     assert old.forks and old.forks[0].seqno == 1
 
@@ -339,8 +344,8 @@ def test_a_request_sent_before_the_peer_got_our_hello_is_asked_again_at_once() -
 
 def test_an_import_skips_the_rest_of_a_forked_origin_and_takes_the_others() -> None:
     """The importer holds one branch of a forked origin X, the export the other, longer one,
-    cut into several batches, then origin Y: the fork is recorded, X's later batches are
-    skipped (as from a peer), and Y arrives."""
+    cut into several batches, then origin Y: the fork is recorded, X's branch is taken if the
+    rule keeps it and its later batches skipped if not (as from a peer), and Y arrives."""
     small = Config(batch_notes=2)
     x = Node(config=small)
     x_again = Node(x.pickle(), config=small)  # same key: a second incarnation, forking
@@ -358,9 +363,12 @@ def test_an_import_skips_the_rest_of_a_forked_origin_and_takes_the_others() -> N
         importer.import_notes(batch)
     batches = list(x.export())
     assert [b.origin for b in batches].count(x.id) == 3  # several batches of X, then Y
-    assert sum(importer.import_notes(b) for b in batches) == 2  # Y's two notes
-    assert importer.heads == {x.id: 3, y.id: 2}
-    assert [f.origin for f in importer.forks] == [x.id]
+    x_wins = kept(x._store.id_at(x.id, 0) or b"", x_again._store.id_at(x.id, 0) or b"")
+    x_wins_here = x_wins == x._store.id_at(x.id, 0)
+    # Y's two notes, and X's branch if the rule keeps it (the importer then takes it)
+    assert sum(importer.import_notes(b) for b in batches) == (7 if x_wins_here else 2)
+    assert importer.heads == {x.id: 5 if x_wins_here else 3, y.id: 2}
+    assert [(f.origin, f.seqno) for f in importer.forks] == [(x.id, 0)]
 
 
 def test_a_subscriber_that_publishes_while_replayed_to_sees_its_own_notes() -> None:

@@ -38,8 +38,8 @@ from . import wire
 from .config import DEFAULT, Config
 from .errors import LocalError, NodeClosed, RemoteProtocolError
 from .identity import GENESIS, SigningKey, note_id
-from .log import Log
-from .store import Body, Fork, Note, Row, Store
+from .log import AGAIN_PREFIX, Log, Shown, again, kept
+from .store import Again, Body, Fork, Note, Row, Store
 
 log = logging.getLogger("zflood.node")
 
@@ -92,7 +92,8 @@ class _Peer:
     heads: dict[bytes, int] = field(default_factory=dict)  # what we know it holds
     announced: dict[bytes, int] = field(default_factory=dict)  # what we told it we hold
     links: frozenset[bytes] = frozenset()  # origins it is linked to directly
-    forked: set[bytes] = field(default_factory=set)  # origins whose chain it has diverged on
+    walking: dict[bytes, int] = field(default_factory=dict)  # origin -> where we asked from
+    shown: set[tuple[bytes, int]] = field(default_factory=set)  # forks we showed it our side of
     slow: dict[bytes, float] = field(default_factory=dict)  # origin -> avoid asking until
     hello_at: float | None = None
     sync_at: float | None = None
@@ -134,6 +135,7 @@ class Node:
         self.config = config
         self.stats = Stats()
         self._store = Store(path, fsync=fsync)
+        self._log = Log(self._store)  # the one place that knows each origin's count and head
         if pickled is not None:
             seed, group, origins = _unpickle(pickled)
             self._key = SigningKey(seed)
@@ -154,7 +156,6 @@ class Node:
             self._store.set_meta("group", group)
         self.id: bytes = self._key.public
         self.group: bytes = group
-        self._log = Log(self._store)  # the one place that knows each origin's count and head
         self._own_sig: tuple[int, bytes] | None = None  # (seqno, sig) of our latest signed note
         self._peers: list[_Peer] = []
         self._requests: dict[bytes, _Request] = {}
@@ -169,6 +170,8 @@ class Node:
         self._pending_heads: dict[_Peer, dict[bytes, int]] = {}
         self._links_changed = False
         self._closed = False
+        # our own notes off the kept chain wait to be published again (see log.py)
+        self._healing = bool(self._log.owed(self.id))
 
     # -- the seed's interface ----------------------------------------------------------------
     def subscribe(self, handler: Handler, start: int = 0) -> Callable[[], None]:
@@ -197,8 +200,15 @@ class Node:
                 raise LocalError(f"a note body is str or bytes, not {type(body).__name__}")
             if wire.body_size(body) > self.config.max_body:
                 raise LocalError(f"a note body is at most {self.config.max_body} bytes")
+            if type(body) is bytes and body.startswith(AGAIN_PREFIX):
+                raise LocalError("bytes bodies that begin with the CBOR tag "
+                                 f"{AGAIN_PREFIX.hex()} are reserved (notes published again)")
         if not bodies:
             return []
+        return self._publish(bodies)
+
+    def _publish(self, bodies: list[Body], again: list[Again] | None = None) -> list[Note]:
+        """Append our notes, checked already; `again` describes bodies published again."""
         origin = self.id
         start = seqno = self._log.count(origin)
         nid = prev = self._log.head(origin)
@@ -207,12 +217,21 @@ class Node:
             nid = note_id(origin, seqno, nid, body)
             rows.append((nid, None, body))
             seqno += 1
-        index = self._log.append(origin, start, rows)
+        index = self._store.append(origin, start, rows, again or ())
         self.stats.published += len(rows)
-        notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
-        if self._handlers:
-            for note in notes:
-                self._deliver(note)
+        if again is None:
+            notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
+            if self._handlers:
+                for note in notes:
+                    self._deliver(note)
+        else:
+            notes = []
+            for i, (nid, _, _) in enumerate(rows):
+                _, _, _, hidden, shown = again[i]
+                note = Note(origin, start + i, shown, nid, index + i)
+                notes.append(note)
+                if not hidden:
+                    self._deliver(note)
         if not self._unpushed:
             self._fresh = (start, prev, list(bodies))
             self._unpushed = True
@@ -314,7 +333,28 @@ class Node:
 
     @property
     def forks(self) -> list[Fork]:
+        """Proof of every fork seen: where each origin's branches split, which was kept."""
         return self._store.forks()
+
+    def fork_report(self) -> list[dict[str, object]]:
+        """Every fork as `status` shows it: the origin, the seqno where its branches split,
+        the note kept there and the one dropped, how many notes are held off the chain, and
+        which notes of the kept chain publish bodies of the dropped branch again."""
+        out: list[dict[str, object]] = []
+        for fork in self._store.forks():
+            n, first, last = self._store.published_again(fork.origin, fork.seqno)
+            out.append({
+                "origin": fork.origin.hex(),
+                "seqno": fork.seqno,
+                "kept": fork.kept.hex(),
+                "lost": fork.lost.hex(),
+                "ours": fork.origin == self.id,
+                "dropped": self._store.dropped_count(fork.origin, fork.seqno),
+                "published_again": n,
+                "again_seqnos": [first, last] if n else [],
+                "healing": fork.origin == self.id and self._healing,
+            })
+        return out
 
     def notes(self, start: int = 0, end: int | None = None) -> Iterator[Note]:
         """Held notes by local arrival index, streamed."""
@@ -335,7 +375,7 @@ class Node:
         have = self._log.count(batch.origin)
         if (
             batch.start > have or batch.prev != self._id_at(batch.origin, batch.start - 1, have)
-        ) and any(fork.origin == batch.origin for fork in self.forks):
+        ) and batch.origin in self._log.forked:
             return 0  # more of a forked origin's other branch: skipped, as from a peer
         if batch.start > have:  # a peer's gap is asked again; a file's is lost for good
             raise LocalError(f"notes {have}..{batch.start - 1} of {_h(batch.origin)} are missing "
@@ -433,6 +473,8 @@ class Node:
         if first:
             self._links_changed = True
             self._unpushed = True
+            if msg.node in self._log.forked:  # notes of its own it may need to publish again
+                self._hand_back(peer)
             # what changed since our hello went out is announced now (our own notes are
             # pushed by _push_own at the end of this batch)
             for origin in self._log.counts():
@@ -447,14 +489,15 @@ class Node:
             have = self._log.count(origin)
             if (
                 0 < count <= have
-                and origin not in peer.forked
                 and tip != self._id_at(origin, count - 1, have)
             ):
                 self._send(peer, wire.Want(origin, count - 1, count))
 
     def _learn(self, peer: _Peer, heads: dict[bytes, int]) -> None:
+        forked = self._log.forked
         for origin, count in heads.items():
-            if count > peer.heads.get(origin, 0):
+            # a peer's count of a forked origin may go down: it took the other branch
+            if count > peer.heads.get(origin, 0) or origin in forked:
                 peer.heads[origin] = count
             if count > self._log.count(origin):
                 self._plan(origin)
@@ -489,7 +532,7 @@ class Node:
         bodies: list[Body] | tuple[Body, ...], sig: bytes,
     ) -> None:
         """Check a signed run of `origin`'s notes and store what is new in it."""
-        if origin in peer.forked or peer.closed:
+        if peer.closed:
             return
         have = self._log.count(origin)
         end = start + len(bodies)
@@ -499,16 +542,15 @@ class Node:
         self.stats.verifies += 1
         ids = self._log.check(origin, start, prev, bodies, sig)
         # Validly signed. Does it continue our chain? If not, the origin signed two chains.
-        ours = self._id_at(origin, start - 1, have)
-        if prev != ours:
-            self._fork(peer, origin, start - 1, ours, prev, start, prev, bodies, sig)
+        if prev != self._id_at(origin, start - 1, have):
+            self._walk_back(peer, origin, start)
             return
         if start < have:
             shared = min(end, have)
             if ids[shared - 1 - start] != self._id_at(origin, shared - 1, have):
                 held = self._store.read(origin, start, shared)
                 i = next(i for i, row in enumerate(held) if row[0] != ids[i])
-                self._fork(peer, origin, start + i, held[i][0], ids[i], start, prev, bodies, sig)
+                self._fork(peer, origin, start + i, held[i][0], start, prev, ids, bodies, sig)
                 return
             self.stats.duplicates += shared - start
             if end <= have:
@@ -518,10 +560,9 @@ class Node:
         rows: list[Row] = [(ids[i], None, bodies[i]) for i in range(skip, len(bodies))]
         last = rows[-1]
         rows[-1] = (last[0], sig, last[2])
-        first_index = self._log.append(origin, have, rows)
+        first_index, shown = self._log.append(origin, have, rows)
         self.stats.accepted += len(rows)
-        for i, (nid, _, body) in enumerate(rows):
-            self._deliver(Note(origin, have + i, body, nid, first_index + i))
+        self._deliver_rows(origin, have, rows, first_index, shown)
         self._progress(peer, origin)
         for other in self._peers:
             self._announce_to(other, origin)
@@ -529,23 +570,133 @@ class Node:
             self._unpushed = True
             self._fresh = None
 
+    def _deliver_rows(
+        self, origin: bytes, start: int, rows: list[Row], first_index: int, shown: Shown
+    ) -> None:
+        for i, (nid, _, body) in enumerate(rows):
+            seqno = start + i
+            if shown and seqno in shown:
+                again_body = shown[seqno]
+                if again_body is None:
+                    continue  # its body was delivered here already
+                body = again_body
+            self._deliver(Note(origin, seqno, body, nid, first_index + i))
+
     def _id_at(self, origin: bytes, seqno: int, have: int) -> bytes:
         return self._log.id_at(origin, seqno)
 
+    def _walk_back(self, peer: _Peer, origin: bytes, start: int) -> None:
+        """`peer`'s chain of `origin` differs from ours before `start`: ask it for the notes
+        before, until a run of them links to our chain and shows where the two split."""
+        low = max(0, start - self.config.batch_notes)
+        if peer.walking.get(origin) == low:
+            return  # asked already
+        peer.walking[origin] = low
+        self._send(peer, wire.Want(origin, low, start))
+
     def _fork(
-        self, peer: _Peer, origin: bytes, seqno: int, ours: bytes, theirs: bytes,
-        start: int, prev: bytes, bodies: list[Body] | tuple[Body, ...], sig: bytes,
+        self, peer: _Peer, origin: bytes, seqno: int, ours: bytes, start: int, prev: bytes,
+        ids: list[bytes], bodies: list[Body] | tuple[Body, ...], sig: bytes,
     ) -> None:
-        """`origin` signed two chains that differ at `seqno`. Keep ours, keep the proof (the
-        signed batch that vouches for theirs), stop taking this origin from `peer`."""
+        """`origin` signed two chains that split at `seqno`: `peer`'s run (from `start`)
+        and ours. Keep the proof and the branch the rule keeps (see log.py)."""
+        k = seqno - start
+        theirs = ids[k]
+        peer.walking.pop(origin, None)
         if self._log.add_fork(origin, seqno, ours, theirs, start, prev, bodies, sig):
-            log.warning("%s: origin %s forked at seqno %d (seen from %s); keeping ours",
-                        self, _h(origin), seqno, _h(peer.node))
-        peer.forked.add(origin)
-        req = self._requests.get(origin)
-        if req is not None and req.peer is peer:
-            del self._requests[origin]
+            log.warning("%s: origin %s forked at seqno %d (seen from %s); keeping %s branch",
+                        self, _h(origin), seqno, _h(peer.node),
+                        "our" if kept(ours, theirs) == ours else "its")
+        if kept(ours, theirs) == ours:
+            # Theirs lost: keep it off the chain, show the peer ours from the split, and
+            # know it holds nothing of ours from there.
+            new = self._log.keep_lost(origin, seqno, ids[k:], bodies[k:], sig)
+            if peer.heads.get(origin, 0) > seqno:
+                peer.heads[origin] = seqno
+            if (origin, seqno) not in peer.shown:
+                peer.shown.add((origin, seqno))
+                have = self._log.count(origin)
+                for batch in self._batches(origin, seqno, min(have, seqno + 1), have):
+                    self._send(peer, batch)
+            if new:
+                self._lost_changed(origin, peer)
+            req = self._requests.get(origin)
+            if req is not None and req.peer is peer:
+                del self._requests[origin]
             self._plan(origin)
+            return
+        # Ours lost: take theirs from the split.
+        rows: list[Row] = [(ids[i], None, bodies[i]) for i in range(k, len(bodies))]
+        rows[-1] = (rows[-1][0], sig, rows[-1][2])
+        first_index, shown = self._log.replace(origin, seqno, rows)
+        self.stats.accepted += len(rows)
+        self._deliver_rows(origin, seqno, rows, first_index, shown)
+        for other in self._peers:
+            if other.announced.get(origin, 0) > seqno:
+                other.announced[origin] = seqno
+        req = self._requests.get(origin)
+        if req is not None:
+            del self._requests[origin]
+        if origin == self.id:
+            self._own_sig = None
+            self._fresh = None
+            self._unpushed = True
+        self._lost_changed(origin, None)
+        self._progress(peer, origin)
+        for other in self._peers:
+            self._announce_to(other, origin)
+
+    def _lost_changed(self, origin: bytes, source: _Peer | None) -> None:
+        """Notes of `origin` left the chain here, or arrived off it: its origin publishes
+        their bodies again; anyone else hands them to the origin when linked to it."""
+        if origin == self.id:
+            self._healing = True
+            return
+        for peer in self._peers:
+            if peer.node == origin and peer is not source:
+                self._hand_back(peer)
+
+    def _hand_back(self, peer: _Peer) -> None:
+        """Send the origin `peer` its notes that are off the chain here and not yet carried
+        by it (it publishes them again)."""
+        origin = peer.node
+        if origin is None or not peer.ready or peer.closed:
+            return
+        owed = self._log.owed(origin)
+        if owed:
+            for batch in self._log.runs(origin, owed):
+                self._send(peer, batch)
+
+    def _heal(self) -> None:
+        """Publish again the bodies of our own notes that are off the kept chain, once we hold
+        what our peers hold of ours (else they would land beside notes we lack)."""
+        me = self.id
+        have = self._log.count(me)
+        if me in self._requests or any(
+            p.ready and not p.closed and p.heads.get(me, 0) > have for p in self._peers
+        ):
+            return
+        self._healing = False
+        owed = self._log.owed(me)
+        if not owed:
+            return
+        bodies: list[Body] = []
+        extra: list[Again] = []
+        roots: set[bytes] = set()
+        for _, _, _, _, root, root_seqno, shown in owed:
+            if root in roots:
+                continue
+            roots.add(root)
+            body = again(root_seqno, root, shown)
+            extra.append((have + len(bodies), root, root_seqno,
+                          self._store.delivered(me, root, root_seqno), shown))
+            bodies.append(body)
+        log.info("%s: our log forked; publishing again %d notes of the branch that lost "
+                    "(as #%d..#%d)", self, len(bodies), have, have + len(bodies) - 1)
+        notes = self._publish(bodies, extra)
+        assert notes
+        if self._depth == 0:
+            self._push_own()
 
     def _on_gap(self, peer: _Peer, origin: bytes) -> None:
         """Notes arrived past our head: a frame was lost on this channel (they keep order)."""
@@ -583,7 +734,7 @@ class Node:
         now = self._now
         for p in self._peers:
             count = p.heads.get(origin, 0)
-            if p.closed or not p.ready or count <= have or origin in p.forked:
+            if p.closed or not p.ready or count <= have:
                 continue
             fresh = now is None or p.slow.get(origin, now) <= now
             key = (fresh, p.node == origin, count)
@@ -725,6 +876,8 @@ class Node:
             except Exception:
                 log.exception("%s: error accepting notes from %s", self, _h(peer.node))
                 self._drop(peer, "internal error")
+        if self._healing:
+            self._heal()
         if self._unpushed:
             self._push_own()
         if self._links_changed:
@@ -804,7 +957,7 @@ class Node:
                 prev = note_id(origin, seqno, prev, body)
                 rows.append((prev, sig, body))
             if rows:
-                self._store.append(origin, 0, rows)
+                self._log.append(origin, 0, rows)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ writes; nothing here knows the protocol.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import sqlite3
@@ -43,13 +44,48 @@ CREATE TABLE IF NOT EXISTS notes (
 DROP INDEX IF EXISTS notes_by_idx;
 CREATE TABLE IF NOT EXISTS forks (
     origin BLOB NOT NULL,
-    seqno INTEGER NOT NULL,
-    ours BLOB NOT NULL,
-    theirs BLOB NOT NULL,
+    seqno INTEGER NOT NULL,  -- where the branches split
+    ours BLOB NOT NULL,  -- the id kept there (by the rule in log.py)
+    theirs BLOB NOT NULL,  -- the id dropped there
     evidence BLOB NOT NULL,
     PRIMARY KEY (origin, seqno)
 ) WITHOUT ROWID;
+-- Notes that left their origin's chain in a fork (or were received on a losing branch):
+-- the evidence, what a member hands back to the origin, and (idx set) what replay still
+-- shows here, since it was delivered here once. `root` is the note whose body it carries.
+CREATE TABLE IF NOT EXISTS dropped (
+    origin INTEGER NOT NULL,
+    seqno INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    sig BLOB,
+    body NOT NULL,
+    root BLOB NOT NULL,
+    root_seqno INTEGER NOT NULL,
+    shown NOT NULL,
+    idx INTEGER,
+    PRIMARY KEY (origin, seqno, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dropped_by_idx ON dropped (idx) WHERE idx IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dropped_by_root ON dropped (origin, root);
+-- Notes of the chain that carry a body published again (see log.py): the body shown, and
+-- whether it is hidden here because that body was delivered here already.
+CREATE TABLE IF NOT EXISTS again (
+    origin INTEGER NOT NULL,
+    seqno INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    root_seqno INTEGER NOT NULL,
+    hidden INTEGER NOT NULL,
+    shown NOT NULL,
+    PRIMARY KEY (origin, seqno)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS again_by_root ON again (origin, root);
 """
+
+#: What a chain note published again carries besides its row: (seqno, root id, root seqno,
+#: hidden, body shown).
+Again = tuple[int, bytes, int, bool, "Body"]
+#: A note off the chain: (seqno, id, sig, body, root id, root seqno, body shown).
+Dropped = tuple[int, bytes, bytes | None, "Body", bytes, int, "Body"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +101,13 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class Fork:
-    """Proof that `origin` signed two different notes at `seqno`; ours was kept."""
+    """Proof that `origin` signed two different notes at `seqno`, where its branches split:
+    `kept` is the id of the note the group keeps there, `lost` of the one it drops."""
 
     origin: bytes
     seqno: int
-    ours: bytes
-    theirs: bytes
+    kept: bytes
+    lost: bytes
     evidence: bytes  # CBOR: the conflicting signed batch as received, with its previous id
 
 
@@ -93,22 +130,13 @@ class Store:
             if _busy(e):
                 raise StoreInUse(f"store {self.path} is in use by another process") from None
             raise LocalError(f"cannot open store {self.path}: {e}") from None
-        self._origin_no: dict[bytes, int] = dict(
-            self._db.execute("SELECT origin, no FROM origins").fetchall()
-        )
-        self._origins: dict[int, bytes] = {no: o for o, no in self._origin_no.items()}
+        self._origin_no: dict[bytes, int] = {}
+        self._origins: dict[int, bytes] = {}
         self._spans: dict[int, _Span] = {}
-        for no in self._origins:
-            row = self._db.execute(
-                "SELECT seqno, id, idx FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1",
-                (no,),
-            ).fetchone()
-            if row is not None:
-                first = self._db.execute(
-                    "SELECT idx FROM notes WHERE origin = ? AND seqno = 0", (no,)
-                ).fetchone()[0]
-                self._spans[no] = _Span(first, *row)
-        self.next_index: int = max((s.last_index for s in self._spans.values()), default=-1) + 1
+        self._again: set[int] = set()  # origins with notes published again on their chain
+        self._dropped_shown = False  # whether replay must look at dropped notes
+        self.next_index = 0
+        self._load()
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -151,32 +179,33 @@ class Store:
         return no
 
     # -- writes --------------------------------------------------------------------------
-    def append(self, origin: bytes, start: int, rows: Sequence[Row]) -> int:
+    def append(
+        self, origin: bytes, start: int, rows: Sequence[Row], again: Sequence[Again] = ()
+    ) -> int:
         """Store notes start.. of `origin` in one transaction; returns the first's index.
-        Durable (against a crash of the process) when this returns."""
+        Durable (against a crash of the process) when this returns. `again` describes the
+        rows that carry a body published again."""
+        if again:
+            with self._transaction():
+                first = self._append(origin, start, rows)
+                self._add_again(origin, again)
+            return first
+        return self._append(origin, start, rows)
+
+    def _append(self, origin: bytes, start: int, rows: Sequence[Row]) -> int:
         first = self.next_index
         no = self._no(origin)
         db = self._db
-        if len(rows) == 1:
+        insert = "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?,?,?,?,?,?)"
+        if len(rows) == 1:  # one statement commits by itself (or joins the open transaction)
             note_id, sig, body = rows[0]
-            db.execute(
-                "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (no, start, first, note_id, sig, body),
-            )
+            db.execute(insert, (no, start, first, note_id, sig, body))
         else:
-            db.execute("BEGIN")
-            try:
+            with self._transaction():
                 db.executemany(
-                    "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?,?,?,?,?,?)",
-                    [
-                        (no, start + i, first + i, r[0], r[1], r[2])
-                        for i, r in enumerate(rows)
-                    ],
+                    insert,
+                    [(no, start + i, first + i, r[0], r[1], r[2]) for i, r in enumerate(rows)],
                 )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         n = len(rows)
         span = self._spans.get(no)
         self._spans[no] = _Span(
@@ -185,13 +214,168 @@ class Store:
         self.next_index = first + n
         return first
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (or a part of the one already open). On failure what is held in
+        memory is read again, since it may have been updated before the rollback."""
+        db = self._db
+        if db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load()
+            raise
+        db.execute("COMMIT")
+
+    def _add_again(self, origin: bytes, again: Sequence[Again]) -> None:
+        no = self._no(origin)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO again VALUES (?, ?, ?, ?, ?, ?)",
+            [(no, seqno, root, root_seqno, int(hidden), shown)
+             for seqno, root, root_seqno, hidden, shown in again],
+        )
+        self._again.add(no)
+
+    def replace(
+        self, origin: bytes, start: int, rows: Sequence[Row], again: Sequence[Again] = ()
+    ) -> int:
+        """Replace `origin`'s chain from seqno `start` by `rows`, in one transaction; returns
+        the first new row's index. The notes replaced move to `dropped`; those that were shown
+        here keep their index there, so replay still shows them where they were, and new rows
+        get new indices, so within an origin the index still grows with the seqno."""
+        no = self._no(origin)
+        db = self._db
+        with self._transaction():
+            cur = db.execute(
+                "INSERT OR IGNORE INTO dropped SELECT n.origin, n.seqno, n.id, n.sig, n.body,"
+                " coalesce(a.root, n.id), coalesce(a.root_seqno, n.seqno),"
+                " coalesce(a.shown, n.body), CASE WHEN a.hidden THEN NULL ELSE n.idx END"
+                " FROM notes n LEFT JOIN again a ON a.origin = n.origin AND a.seqno = n.seqno"
+                " WHERE n.origin = ? AND n.seqno >= ?",
+                (no, start),
+            )
+            if cur.rowcount:
+                self._dropped_shown = True
+            db.execute("DELETE FROM again WHERE origin = ? AND seqno >= ?", (no, start))
+            db.execute("DELETE FROM notes WHERE origin = ? AND seqno >= ?", (no, start))
+            self._load_span(no)
+            first = self.next_index
+            if rows:
+                first = self._append(origin, start, rows)
+            if again:
+                self._add_again(origin, again)
+        return first
+
+    def keep(self, origin: bytes, notes: Sequence[Dropped]) -> int:
+        """Keep notes of `origin` that are not on its chain here (never shown here);
+        returns how many were new."""
+        no = self._no(origin)
+        with self._transaction():
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO dropped VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [(no, *note) for note in notes],
+            )
+            return self._db.total_changes - before
+
     def add_fork(self, fork: Fork) -> bool:
         """Record a fork once per (origin, seqno); True if it is new."""
         cur = self._db.execute(
             "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
-            (fork.origin, fork.seqno, fork.ours, fork.theirs, fork.evidence),
+            (fork.origin, fork.seqno, fork.kept, fork.lost, fork.evidence),
         )
         return cur.rowcount == 1
+
+    def _load(self) -> None:
+        """Read again what is kept in memory of every origin."""
+        self._origin_no = dict(self._db.execute("SELECT origin, no FROM origins").fetchall())
+        self._origins = {no: o for o, no in self._origin_no.items()}
+        self._spans = {}
+        for no in self._origins:
+            self._load_span(no)
+        self._again = {no for (no,) in self._db.execute("SELECT DISTINCT origin FROM again")}
+        shown_max = self._db.execute("SELECT max(idx) FROM dropped").fetchone()[0]
+        self._dropped_shown = shown_max is not None
+        # an index once given is never given again, even if its note left the chain
+        self.next_index = max(
+            self.next_index,
+            max((s.last_index for s in self._spans.values()), default=-1) + 1,
+            0 if shown_max is None else shown_max + 1,
+        )
+
+    def _load_span(self, no: int) -> None:
+        row = self._db.execute(
+            "SELECT seqno, id, idx FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1",
+            (no,),
+        ).fetchone()
+        if row is None:
+            self._spans.pop(no, None)
+            return
+        first = self._db.execute(
+            "SELECT idx FROM notes WHERE origin = ? AND seqno = 0", (no,)
+        ).fetchone()[0]
+        self._spans[no] = _Span(first, *row)
+
+    # -- what forks left -----------------------------------------------------------------
+    def delivered(self, origin: bytes, root: bytes, root_seqno: int) -> bool:
+        """Whether a note carrying the body of note `root` was shown here: on the chain, or
+        before it left the chain."""
+        no = self._origin_no.get(origin)
+        if no is None:
+            return False
+        db = self._db
+        return (
+            db.execute("SELECT 1 FROM dropped WHERE origin = ? AND root = ? AND idx IS NOT NULL",
+                       (no, root)).fetchone() is not None
+            or self.id_at(origin, root_seqno) == root
+            or db.execute("SELECT 1 FROM again WHERE origin = ? AND root = ? AND NOT hidden",
+                          (no, root)).fetchone() is not None
+        )
+
+    def owed(self, origin: bytes) -> list[Dropped]:
+        """Notes of `origin` off its chain here whose body the chain does not carry (as the
+        note itself or published again), by seqno: what its origin must publish again."""
+        no = self._origin_no.get(origin)
+        if no is None:
+            return []
+        return [
+            (seqno, bytes(nid), sig, body, bytes(root), root_seqno, shown)
+            for seqno, nid, sig, body, root, root_seqno, shown in self._db.execute(
+                "SELECT d.seqno, d.id, d.sig, d.body, d.root, d.root_seqno, d.shown"
+                " FROM dropped d WHERE d.origin = ?"
+                " AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.origin = d.origin"
+                "                 AND n.seqno = d.root_seqno AND n.id = d.root)"
+                " AND NOT EXISTS (SELECT 1 FROM again a WHERE a.origin = d.origin"
+                "                 AND a.root = d.root)"
+                " ORDER BY d.seqno, d.id",
+                (no,),
+            )
+        ]
+
+    def published_again(self, origin: bytes, since: int) -> tuple[int, int, int]:
+        """(how many, first seqno, last seqno) of chain notes of `origin` that carry bodies of
+        notes at `since` or later, published again; (0, -1, -1) if none."""
+        no = self._origin_no.get(origin)
+        if no is None or no not in self._again:
+            return 0, -1, -1
+        n, first, last = self._db.execute(
+            "SELECT count(*), min(seqno), max(seqno) FROM again WHERE origin = ?"
+            " AND root_seqno >= ?", (no, since)
+        ).fetchone()
+        return (0, -1, -1) if not n else (n, first, last)
+
+    def dropped_count(self, origin: bytes, since: int) -> int:
+        """Notes of `origin` from seqno `since` on that are held off its chain."""
+        no = self._origin_no.get(origin)
+        if no is None:
+            return 0
+        return int(self._db.execute(
+            "SELECT count(*) FROM dropped WHERE origin = ? AND seqno >= ?", (no, since)
+        ).fetchone()[0])
 
     # -- reads ---------------------------------------------------------------------------
     def read(self, origin: bytes, start: int, end: int) -> list[Row]:
@@ -236,11 +420,13 @@ class Store:
         live = [
             no for no, s in self._spans.items() if s.last_index >= start and s.first_index < stop
         ]
-        if start >= stop or not live:
+        if start >= stop or not (live or self._dropped_shown):
             return iter(())
         # at most `chunk` rows held at once (one each when origins outnumber it)
-        per = max(1, min(stop - start, chunk // len(live)))
+        per = max(1, min(stop - start, chunk // (len(live) + 1)))
         runs = [self._run(no, self._first_at(no, start), stop, per) for no in live]
+        if self._dropped_shown:  # notes that left a chain in a fork are shown where they were
+            runs.append(self._dropped_run(start, stop, per))
         if len(runs) == 1:
             return runs[0]
         return heapq.merge(*runs, key=_index)
@@ -274,10 +460,15 @@ class Store:
                 " ORDER BY seqno LIMIT ?",
                 (no, seqno, chunk),
             ).fetchall()
-            for seq, body, note_id, idx in rows:
-                if idx >= stop:
+            if rows and no in self._again:
+                yield from self._run_again(origin, no, rows, stop)
+                if rows[-1][3] >= stop:
                     return
-                yield Note(origin, seq, body, note_id, idx)
+            else:
+                for seq, body, note_id, idx in rows:
+                    if idx >= stop:
+                        return
+                    yield Note(origin, seq, body, note_id, idx)
             if len(rows) < chunk:
                 return
             seqno = rows[-1][0] + 1
@@ -287,10 +478,45 @@ class Store:
             if chunk <= 0:
                 return
 
+    def _run_again(
+        self, origin: bytes, no: int, rows: list[Any], stop: int
+    ) -> Iterator[Note]:
+        """`rows` of a chain that holds bodies published again: those show the body they
+        carry, or nothing where that body was shown here already."""
+        again = {
+            seq: (hidden, shown) for seq, hidden, shown in self._db.execute(
+                "SELECT seqno, hidden, shown FROM again WHERE origin = ? AND seqno >= ?"
+                " AND seqno <= ?", (no, rows[0][0], rows[-1][0]))
+        }
+        for seq, body, note_id, idx in rows:
+            if idx >= stop:
+                return
+            extra = again.get(seq)
+            if extra is None:
+                yield Note(origin, seq, body, note_id, idx)
+            elif not extra[0]:
+                yield Note(origin, seq, extra[1], note_id, idx)
+
+    def _dropped_run(self, start: int, stop: int, chunk: int) -> Iterator[Note]:
+        """Notes shown here before they left their chain, by index."""
+        while True:
+            rows = self._db.execute(
+                "SELECT d.idx, o.origin, d.seqno, d.shown, d.id FROM dropped d"
+                " JOIN origins o ON o.no = d.origin"
+                " WHERE d.idx >= ? AND d.idx < ? ORDER BY d.idx LIMIT ?",
+                (start, stop, chunk),
+            ).fetchall()
+            for idx, origin, seq, shown, note_id in rows:
+                yield Note(origin, seq, shown, note_id, idx)
+            if len(rows) < chunk:
+                return
+            start = rows[-1][0] + 1
+
     def forks(self) -> list[Fork]:
         return [
             Fork(*row)
-            for row in self._db.execute("SELECT origin, seqno, ours, theirs, evidence FROM forks")
+            for row in self._db.execute(
+                "SELECT origin, seqno, ours, theirs, evidence FROM forks ORDER BY origin, seqno")
         ]
 
     def close(self) -> None:

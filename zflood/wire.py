@@ -33,6 +33,9 @@ from .identity import GROUP_ID_SIZE, ID_SIZE, SIG_SIZE
 
 VERSION = 1
 MAX_SEQNO = 2**62  # far beyond any log; keeps every count a small CBOR integer
+#: An origin publishes a body again after a fork wrapped in at most this many bytes more
+#: (log.again), so a peer takes a body of max_body published again.
+AGAIN_OVERHEAD = 64
 
 Body = str | bytes
 
@@ -205,7 +208,7 @@ def _parse_notes(a: list[Any], c: Config) -> Notes:
     _check(len(a) == 5, "NOTES takes 5 fields")
     bodies = a[3]
     _check(type(bodies) is list and len(bodies) <= c.batch_notes, "too many notes in a batch")
-    limit = c.max_body
+    limit = c.max_body + AGAIN_OVERHEAD
     for b in bodies:
         # len() of text counts characters; UTF-8 takes at most 4 bytes for each
         t = type(b)

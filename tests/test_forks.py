@@ -1,0 +1,267 @@
+"""Forks: a restored backup (or a lost WAL) that published before catching up. Every member
+ends with the same branch whatever order it saw them in, keeps the proof, and the origin
+publishes its losing notes' bodies again, so every body written reaches every member once."""
+
+from __future__ import annotations
+
+import collections
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from zflood import Node, Note
+from zflood.errors import LocalError
+from zflood.log import AGAIN_PREFIX, again, carried, kept
+from zflood.sim import Sim, SimChannel
+
+TICK = 0.5
+RUNS = 200  # restore-and-publish runs, each with its own seed
+
+
+class Member:
+    """A node and how many times its subscriber saw each body."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.seen: collections.Counter[object] = collections.Counter()
+        node.subscribe(self._on_note)
+
+    def _on_note(self, note: Note) -> None:
+        self.seen[note.body] += 1
+
+
+def chains(node: Node) -> dict[bytes, list[bytes]]:
+    """Every origin's chain as held: the ids in seqno order."""
+    store = node._store
+    return {o: [row[0] for row in store.read(o, 0, n)] for o, n in node.heads.items()}
+
+
+def converged(members: list[Member]) -> bool:
+    first = chains(members[0].node)
+    return all(chains(m.node) == first for m in members[1:])
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="zforks") as path:
+        yield Path(path)
+
+
+def restore_scenario(tmp: Path, seed: int) -> None:
+    """The issue's case in the simulator, with the seed choosing the group's size, who
+    publishes what and when, the links before and after the restore, their latency and loss,
+    whether the restored machine publishes before or after it links, and whether a new member
+    first meets only the restored machine."""
+    rng = random.Random(seed)
+    where = f"(seed {seed})"
+    sim = Sim(seed)
+    path = tmp / f"o{seed}.db"
+    backup = tmp / f"o{seed}.backup.db"
+    origin = Member(Node(path=str(path)))
+    others = [Member(Node()) for _ in range(rng.randint(2, 4))]
+    written: list[str] = []  # every body published on the origin's machine
+    counter = iter(range(10**6))
+
+    def publish(m: Member, n: int) -> None:
+        for _ in range(n):
+            body = f"{'o' if m is origin else 'x'} {next(counter)}"
+            m.node.publish(body)
+            if m is origin:
+                written.append(body)
+
+    def link_all(members: list[Member], lossy: bool) -> list[SimChannel]:
+        ends = []
+        order = [(a, b) for i, a in enumerate(members) for b in members[i + 1:]]
+        rng.shuffle(order)
+        for a, b in order:
+            if rng.random() < 0.7 or b is members[-1]:
+                loss = rng.choice([0.0, 0.0, 0.1]) if lossy else 0.0
+                ends.append(sim.connect_nodes(a.node, b.node, latency=(0.001, 0.02), loss=loss))
+        return ends
+
+    # Before the backup: everyone meets, the origin and the others publish.
+    members = [origin, *others]
+    publish(origin, rng.randint(1, 4))
+    for m in others:
+        publish(m, rng.randint(0, 2))
+    ends = [sim.connect_nodes(origin.node, m.node, latency=(0.001, 0.02)) for m in others]
+    assert sim.run_until(lambda: converged(members), timeout=60, tick=TICK), where
+    for end in ends:
+        end.close()
+    sim.nodes.remove(origin.node)
+    origin.node.close()
+    shutil.copy(path, backup)
+    # The live machine publishes more, which reaches everyone; then it is stopped.
+    origin = Member(Node(path=str(path)))
+    members = [origin, *others]
+    ends = [sim.connect_nodes(origin.node, m.node, latency=(0.001, 0.02)) for m in others]
+    publish(origin, rng.randint(1, 6))
+    publish(rng.choice(others), rng.randint(0, 2))
+    assert sim.run_until(lambda: converged(members), timeout=60, tick=TICK), where
+    for end in ends:
+        end.close()
+    sim.nodes.remove(origin.node)
+    origin.node.close()
+    # The backup comes back and publishes: offline, or as its links come up.
+    shutil.copy(backup, path)
+    restored = Member(Node(path=str(path)))
+    offline = rng.random() < 0.7
+    if offline:
+        publish(restored, rng.randint(1, 6))
+    if rng.random() < 0.5:
+        # a new member whose first link is to the restored machine alone
+        newcomer = Member(Node())
+        sim.connect_nodes(restored.node, newcomer.node, latency=(0.001, 0.02))
+        sim.run(rng.uniform(0.0, 2.0), tick=TICK)
+        others.append(newcomer)
+    members = [restored, *others]
+    rng.shuffle(members)
+    ends = link_all(members, lossy=rng.random() < 0.5)
+    if not offline:
+        publish(restored, rng.randint(1, 6))
+    for _ in range(rng.randint(0, 3)):
+        sim.run(rng.uniform(0.0, 1.0), tick=TICK)
+        publish(rng.choice(members), rng.randint(0, 2))
+    # Finally the LAN heals: every member links to every other (as discovery makes them).
+    for end in ends:
+        end.close()
+    for i, a in enumerate(members):
+        for b in members[i + 1:]:
+            sim.connect_nodes(a.node, b.node, latency=(0.001, 0.02))
+    everyone_got_all = lambda: converged(members) and all(  # noqa: E731
+        all(m.seen[b] >= 1 for b in written) for m in members
+    )
+    assert sim.run_until(everyone_got_all, timeout=300, tick=TICK), (
+        f"not converged {where}: "
+        + str([(m.node, m.node.heads.get(restored.node.id)) for m in members])
+    )
+    sim.run(3 * TICK, tick=TICK)  # a little longer: nothing more may arrive twice
+    assert converged(members), where
+    for m in members:
+        twice = [b for b in written if m.seen[b] != 1]
+        assert not twice, f"{m.node} saw these a number of times other than once {where}: " + str(
+            {b: m.seen[b] for b in twice})
+        assert all(v == 1 for v in m.seen.values()), f"{m.node} saw something twice {where}"
+        replayed = collections.Counter(n.body for n in m.node.notes())
+        assert replayed == m.seen, f"{m.node}'s replay differs from what it delivered {where}"
+    split = restored.node.forks
+    assert split and all(f.origin == restored.node.id for f in split), where
+    for m in members:
+        m.node.close()
+
+
+def test_restore_and_publish_runs_converge_and_deliver_each_body_once(tmp: Path) -> None:
+    for seed in range(RUNS):
+        restore_scenario(tmp, seed)
+
+
+def test_the_rule_keeps_the_smaller_id_at_the_split() -> None:
+    assert kept(b"\x01" * 32, b"\x02" * 32) == b"\x01" * 32
+    assert kept(b"\x02" * 32, b"\x01" * 32) == b"\x01" * 32
+
+
+def two_incarnations() -> tuple[Node, Node]:
+    """One origin, two incarnations that each published a different note at seqno 1."""
+    x = Node()
+    x.publish("zero")
+    twin = Node(x.pickle())
+    x.publish("one, here")
+    twin.publish("one, there")
+    return x, twin
+
+
+def test_both_orders_of_arrival_keep_the_same_branch_and_the_proof() -> None:
+    x, twin = two_incarnations()
+    first, second = Member(Node()), Member(Node())
+    sim = Sim(3)
+    a = sim.connect_nodes(x, first.node)
+    b = sim.connect_nodes(twin, second.node)
+    sim.run_until_quiescent()
+    a.close()
+    b.close()
+    assert chains(first.node) != chains(second.node)  # each saw one branch first
+    sim.connect_nodes(first.node, twin)
+    sim.connect_nodes(second.node, x)
+    sim.run_until_quiescent()
+    assert chains(first.node) == chains(second.node) == chains(x) == chains(twin)
+    for node in (first.node, second.node):
+        [fork] = node.forks
+        assert fork.origin == x.id and fork.seqno == 1  # where the branches split
+        assert fork.kept == kept(fork.kept, fork.lost) and fork.kept != fork.lost
+        assert chains(node)[x.id][1] == fork.kept
+        evidence = cbor2.loads(fork.evidence)  # the other side's signed run, as received
+        assert evidence["start"] <= 1 < evidence["start"] + len(evidence["bodies"])
+    # every body reaches every member once: the losing one published again
+    for m in (first, second):
+        assert m.seen["one, here"] == m.seen["one, there"] == m.seen["zero"] == 1
+
+
+def test_the_losing_note_is_kept_as_evidence_and_shown_where_it_was_delivered() -> None:
+    x, twin = two_incarnations()
+    m = Member(Node())
+    sim = Sim(4)
+    end = sim.connect_nodes(x, m.node)
+    sim.run_until_quiescent()
+    end.close()
+    before = [(n.index, n.body) for n in m.node.notes()]
+    sim.connect_nodes(twin, m.node)
+    sim.run_until_quiescent()
+    after = [(n.index, n.body) for n in m.node.notes()]
+    assert after[: len(before)] == before  # what was delivered stays where it was
+    assert sorted(b for _, b in after) == sorted(["zero", "one, here", "one, there"])
+    assert len(m.node.forks) == 1
+    report = m.node.fork_report()
+    assert report[0]["seqno"] == 1 and report[0]["origin"] == x.id.hex()
+
+
+def test_an_origin_whose_restored_branch_wins_gets_the_other_back_and_publishes_it_again(
+) -> None:
+    """The restored branch wins at the split (the rule favours neither): members that
+    delivered the other branch hand it back to the origin, which publishes those bodies
+    again; they deliver nothing twice, and a member that never saw that branch gets them."""
+    live = Node()
+    live.publish("zero")
+    backup = live.pickle()
+    live.publish("one, live")
+    live.publish("two, live")
+    for i in range(100):  # a restored note that wins at seqno 1
+        restored = Node(backup)
+        restored.publish(f"one, restored {i}")
+        if kept(chains(restored)[live.id][1], chains(live)[live.id][1]) != chains(live)[live.id][1]:
+            break
+        restored.close()
+    sim = Sim(5)
+    holder = Member(Node())
+    end = sim.connect_nodes(live, holder.node)
+    sim.run_until_quiescent()
+    end.close()
+    live.close()
+    me = Member(restored)
+    newcomer = Member(Node())
+    sim.connect_nodes(restored, holder.node)
+    sim.run_until_quiescent()
+    sim.connect_nodes(newcomer.node, holder.node)
+    sim.run_until_quiescent()
+    assert converged([me, holder, newcomer])
+    bodies = {"zero", "one, live", "two, live", f"one, restored {i}"}
+    for m in (me, holder, newcomer):
+        assert dict(m.seen) == dict.fromkeys(bodies, 1), m.seen
+    published_again = [n for n in restored.notes() if n.seqno >= 2]
+    assert sorted(n.body for n in published_again) == ["one, live", "two, live"]
+    [report] = holder.node.fork_report()
+    assert report["seqno"] == 1 and report["published_again"] == 2
+    assert report["again_seqnos"] == [2, 3]
+
+
+def test_a_body_that_looks_published_again_is_refused_locally_and_opaque_from_a_peer() -> None:
+    node = Node()
+    with pytest.raises(LocalError):
+        node.publish(AGAIN_PREFIX + b"x")
+    assert carried(5, bytes(32), AGAIN_PREFIX + b"junk") is None
+    assert carried(5, bytes(32), again(2, b"r" * 32, "hi")) == (b"r" * 32, 2, "hi")
+    assert carried(2, bytes(32), again(2, b"r" * 32, "hi")) is None  # a root before itself
