@@ -53,6 +53,8 @@ from typing import IO, Any, Protocol
 import cbor2
 import zmq
 
+import zflood
+from zflood.config import DEFAULT
 from zflood.identity import Group
 from zflood.local import Client, DaemonUnavailable
 from zflood.statedir import endpoints_of, open_node, save_group
@@ -67,6 +69,8 @@ HONEST_EVERY = 0.25  # the honest member publishes this often
 HONEST_LIMIT = 1.0  # ... and each note should reach the victim within this
 SAMPLE_EVERY = 0.02  # RSS and open files sampled this often
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# what a HELLO or HEADS may list: attack 1 goes past it, attack 3 stays within it per frame
+MAX_ORIGINS = int(getattr(DEFAULT, "max_origins", 4096))
 _UNSET = ("ZFLOOD_STATE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY",
           "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
 ENV = {k: v for k, v in os.environ.items() if k not in _UNSET}
@@ -285,7 +289,8 @@ class World:
         return argv if self.ns is None else ["ip", "netns", "exec", self.ns, *argv]
 
     def spawn(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.wrap(argv), env=ENV, **kw)
+        # in our directory: `python -m zflood` must not pick up a zflood/ in the caller's cwd
+        proc = subprocess.Popen(self.wrap(argv), env=ENV, cwd=self.dir, **kw)
         self.procs.append(proc)
         return proc
 
@@ -535,11 +540,12 @@ def attack_want(args: argparse.Namespace) -> Row:
         victim, honest = pair(w, args.want_notes, args.body)
         spec = {"code": w.group.join_code, "victim": victim.listen, "origin": victim.node,
                 "start": 0, "end": args.want_notes, "wants": args.wants,
-                "seconds": args.want_seconds}
+                "flood": args.want_flood, "stall": args.want_stall,
+                "rcvhwm": 16 if args.want_stall else 0, "seconds": args.want_seconds}
         row, out = measure("want", victim, honest, positioned(w, "want", spec), args)
         row.extra = (f"{out['wants']:,} WANTs of {args.want_notes:,} notes "
-                     f"({args.want_notes * args.body / 1e6:.1f} MB) in {out['bytes_out']:,} B;"
-                     f" got {out['bytes_in'] / 1e6:,.1f} MB back")
+                     f"({args.want_notes * args.body / 1e6:.1f} MB) in {out['bytes_out']:,} B,"
+                     f" {args.want_stall:g} s unread; got {out['bytes_in'] / 1e6:,.1f} MB back")
         return row
 
 
@@ -702,14 +708,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long to wait for the victim to answer promptly again")
     p.add_argument("--fresh-timeout", type=float, default=5.0,
                    help="how long a fresh member gets to link (mdns) or sync (origins)")
-    p.add_argument("--origins", type=int, default=4200, help="origins: fresh origins pushed")
+    p.add_argument("--origins", type=int, default=MAX_ORIGINS + 104,
+                   help="origins: fresh origins pushed (default: Config.max_origins + 104)")
     p.add_argument("--origins-seconds", type=float, default=10.0)
-    p.add_argument("--want-notes", type=int, default=8192,
-                   help="want: the victim's own notes, and the range every WANT asks for")
+    p.add_argument("--want-notes", type=int, default=DEFAULT.batch_notes * DEFAULT.window_batches,
+                   help="want: the victim's own notes, and the range every WANT asks for "
+                   "(default: the most one WANT is served)")
     p.add_argument("--wants", type=int, default=200, help="want: WANT frames sent")
+    p.add_argument("--want-flood", type=float, default=0.0, metavar="S",
+                   help="want: send WANTs at full speed for S seconds (issue 8: 3)")
+    p.add_argument("--want-stall", type=float, default=2.0, metavar="S",
+                   help="want: after sending, read nothing for S seconds, then read all")
     p.add_argument("--want-seconds", type=float, default=5.0)
     p.add_argument("--fake-origins", type=int, default=200_000, help="heads: origins claimed")
-    p.add_argument("--heads-per-frame", type=int, default=4000)
+    p.add_argument("--heads-per-frame", type=int, default=min(4000, MAX_ORIGINS),
+                   help="heads: origins per HEADS frame (at most Config.max_origins)")
     p.add_argument("--heads-seconds", type=float, default=8.0)
     p.add_argument("--hi-kinds", default="wrong-key,nonce,stranger",
                    help="hi: comma-separated, of wrong-key, nonce, stranger")
@@ -738,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         names.remove("mdns")
     elif "mdns" in names:
         sweep_namespaces()
-    print(f"zflood hostile-peer benchmark: {', '.join(names)}", flush=True)
+    print(f"zflood hostile-peer benchmark: {', '.join(names)} (zflood from "
+          f"{Path(zflood.__file__).parent})", flush=True)
     print(HEADER, flush=True)
     failed = 0
     for name in names:

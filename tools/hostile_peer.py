@@ -15,7 +15,8 @@ book-keeping: it sends what the attack needs and counts what comes back.
 
 Actions:
   origins  link, then push one validly signed note from each of N fresh origins
-  want     link, then ask N times for the same large range of the victim's own log
+  want     link, then ask N times (or for S seconds) for the same large range of the
+           victim's own log; optionally read nothing for a while (a peer that stalls)
   heads    link, then claim N fake origins in HEADS frames (never serve them)
   hi       bogus HIs from a code holder (naming others; a new nonce each time) and garbage
            from a stranger on raw TCP connections
@@ -58,7 +59,8 @@ class RawMember:
     """A code holder with a fresh node key: a ROUTER (CURVE server, the group's key) for what
     the victim sends, a DEALER (CURVE client, our own key) into the victim's ROUTER."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], group: Group, victim: str) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], group: Group, victim: str,
+                 rcvhwm: int = 0) -> None:
         self.key = SigningKey()
         self.node = self.key.public
         self.group = group
@@ -66,7 +68,11 @@ class RawMember:
         self.router.linger = 0
         self.router.curve_server = True
         self.router.curve_secretkey = z85.encode(group.curve_server_secret)
-        self.router.rcvhwm = 0  # take everything the victim sends: we count it
+        # 0: take everything the victim sends as fast as it comes (we count it); a small one
+        # leaves what we do not read queued in the victim
+        self.router.rcvhwm = rcvhwm
+        if rcvhwm:
+            self.router.rcvbuf = 64 * 1024
         self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.linger = 0
@@ -129,6 +135,14 @@ class RawMember:
             if seconds == 0:
                 return
 
+    def stall(self, seconds: float) -> None:
+        """Read nothing for `seconds`, but keep our HI going: a peer that stopped reading."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.hi()
+            time.sleep(min(HI_EVERY, left))
+        self.hi_at = time.monotonic() + HI_EVERY
+
     def link(self, timeout: float = 10.0) -> wire.Hello:
         """HI until the victim dials back and its engine says HELLO; then our own HELLO."""
         got: list[wire.Hello] = []
@@ -175,7 +189,8 @@ def signed_origin(body: str) -> bytes:
 def member_attack(spec: Spec, body: Callable[[RawMember, float], dict[str, Any]]) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        m = RawMember(ctx, Group.from_join_code(spec["code"]), spec["victim"])
+        m = RawMember(ctx, Group.from_join_code(spec["code"]), spec["victim"],
+                      spec.get("rcvhwm", 0))
         try:
             m.link()
             emit(event="ready", node=m.node.hex())
@@ -208,10 +223,15 @@ def want(spec: Spec) -> None:
     frame = wire.encode(wire.Want(origin, spec["start"], spec["end"]))
 
     def body(m: RawMember, end: float) -> dict[str, Any]:
-        for _ in range(spec["wants"]):
-            m.send(frame)
-            m.pump(0)
-        return {"wants": spec["wants"]}
+        stall = spec.get("stall", 0.0)
+        flood_end = time.monotonic() + spec.get("flood", 0.0)
+        sent = 0
+        while sent < spec["wants"] or time.monotonic() < flood_end:
+            sent += m.send(frame)
+            if not stall and sent % 10 == 0:
+                m.pump(0)
+        m.stall(stall)
+        return {"wants": sent}
 
     member_attack(spec, body)
 
