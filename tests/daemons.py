@@ -138,24 +138,29 @@ def all_notes(client: Client) -> list[Map]:
 
 
 class Daemon:
-    """`zflood run` in `state` as a subprocess, listening on tcp://127.0.0.1:0 and dialling
-    `peers`; without mDNS, or with `mdns` on 127.0.0.1 only. It is found through the
+    """`zflood run` in `state` as a subprocess, listening on `listen` (None: the default, the
+    member's own port) and dialling `peers`, with `extra` options and `env` added to ENV;
+    without mDNS, or with `mdns` on 127.0.0.1 only. It is found through the
     endpoints.json naming its pid; the constructor returns once its control socket answers.
     Its stderr goes to `log`, beside the state directory. `stop` and `kill` end it by pid,
     bounded; use `Daemons` so that every one is ended, pass or fail."""
 
     def __init__(self, state: Path, *peers: str, mdns: bool = False,
-                 start_timeout: float = WAIT, stop_timeout: float = STOP_TIMEOUT) -> None:
+                 listen: str | None = "tcp://127.0.0.1:0", extra: Sequence[str] = (),
+                 env: dict[str, str] | None = None, start_timeout: float = WAIT,
+                 stop_timeout: float = STOP_TIMEOUT) -> None:
         self.state = state
         self.log = state.parent / f"{state.name}.log"
         self.stop_timeout = stop_timeout
-        argv = [*ZFLOOD, "--state", str(state), "run", "--listen", "tcp://127.0.0.1:0",
+        argv = [*ZFLOOD, "--state", str(state), "run",
+                *(["--listen", listen] if listen is not None else []), *extra,
                 *(["--interface", "127.0.0.1"] if mdns else ["--no-discovery"])]
         for peer in peers:
             argv += ["--peer", peer]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=log, env=ENV)
+                                         stdout=subprocess.DEVNULL, stderr=log,
+                                         env={**ENV, **(env or {})})
         self.started = time.monotonic()
         try:
             ends = wait_for(lambda: own_endpoints(state, self.proc, self.log), start_timeout,

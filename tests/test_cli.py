@@ -112,9 +112,10 @@ def assert_usage_error(r: Result) -> None:
     """argparse's kind of failure: usage plus one error line, exit 2, no traceback."""
     assert "Traceback" not in r.err, r.err
     assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip("\n").splitlines()
-    assert 1 <= len(lines) <= 4, r.err  # usage (maybe wrapped) + "zflood ...: error: ..."
-    assert "error:" in lines[-1] or lines[-1].startswith("zflood: "), r.err
+    *usage, last = r.err.strip("\n").splitlines()
+    assert "error:" in last or last.startswith("zflood: "), r.err
+    if usage:  # usage, maybe wrapped, then "zflood ...: error: ..."
+        assert usage[0].startswith("usage: ") and all(line.startswith(" ") for line in usage[1:])
 
 
 def status_json(state: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "zflood@.service"
-EXEC = "/usr/local/bin/zflood"
+EXEC = "/opt/zflood/bin/zflood"  # the venv the README installs into (PEP 668)
+SYSUSERS = UNIT.parent / "zflood.sysusers"
 
 
 def _directives(text: str) -> dict[tuple[str, str], list[str]]:
@@ -87,7 +88,11 @@ def test_the_unit_keeps_the_designs_promises() -> None:
     assert _one(d, svc, "UMask") == "0077"
     assert _one(d, svc, "KillSignal") == "SIGTERM"
     assert _one(d, svc, "ExecStart").startswith(f"{EXEC} ")
-    assert _one(d, svc, "ExecStart").endswith(" run")
+    assert _one(d, svc, "ExecStart").endswith(" run --socket-group zflood")
+    # The household's users reach the sockets through the group the sysusers.d file makes.
+    assert _one(d, svc, "SupplementaryGroups") == "zflood"
+    assert _one(d, svc, "RuntimeDirectoryMode") == "0750"
+    assert _one(d, svc, "RestartPreventExitStatus") == "78"
     # The join code arrives as a credential, optional once the group is in the state dir.
     assert _one(d, svc, "LoadCredential") == "join:/etc/zflood/%i.join"
     assert _one(d, svc, "SetCredential").startswith("join:")
@@ -117,3 +122,9 @@ def test_the_unit_keeps_the_designs_promises() -> None:
     assert _one(d, "Install", "WantedBy") == "multi-user.target"
     assert "network-online.target" in _one(d, "Unit", "After")
     assert "network-online.target" in _one(d, "Unit", "Wants")
+
+
+def test_the_sysusers_file_creates_the_zflood_group() -> None:
+    lines = [line.split() for line in SYSUSERS.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == [["g", "zflood", "-"]]

@@ -1,13 +1,18 @@
 """The `zflood` command: init, join, run, publish, tail, status, export, import, demo.
 
 Every failure the user can cause ends in one line on stderr and a non-zero exit: 2 for a bad
-argument or join code, 1 for anything else (no daemon, a store in use, a full disk).
+argument or join code, 78 (EX_CONFIG) for a setup only a person can fix (and, under systemd,
+for a bad argument or join code too, so the unit does not restart it), 1 for anything else
+(no daemon, a store in use, a full disk). With stderr into the journal the line is marked as
+an error ("<3>").
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import json
 import logging
 import os
@@ -38,11 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zflood",
         description="Keep a small group of machines holding the same, ever-growing set of notes.",
-        epilog="The state directory is --state, else $ZFLOOD_STATE, else $STATE_DIRECTORY "
-        "(systemd), else ~/.local/share/zflood.",
+        epilog="The state directory is --state, else that of --instance, else $ZFLOOD_STATE, "
+        "else $STATE_DIRECTORY (systemd), else ~/.local/share/zflood. --state and --instance "
+        "may also follow the command.",
     )
     p.add_argument("--version", action="version", version=f"zflood {__version__}")
-    p.add_argument("--state", type=Path, metavar="DIR", help="state directory")
+    _place_options(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("init", help="start a new group here; prints its join code last")
@@ -58,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="serve in the foreground (Ctrl-C or SIGTERM stops)")
     r.add_argument("--listen", metavar="ENDPOINT",
-                   help="ROUTER endpoint for peers (default tcp://0.0.0.0:4077; port 0 picks one)")
+                   help="ROUTER endpoint for peers (default tcp://0.0.0.0 on this member's own "
+                   "port, chosen at the first run and kept in the state directory; port 0 "
+                   "picks any)")
     r.add_argument("--peer", action="append", default=[], metavar="tcp://HOST:PORT",
                    help="a static peer, for networks without multicast (repeatable)")
     r.add_argument("--interface", action="append", metavar="NAME|IP",
@@ -66,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pub", action="append", default=[], metavar="tcp://127.0.0.1:PORT",
                    help="also publish delivered notes on this endpoint")
     r.add_argument("--no-discovery", action="store_true", help="no mDNS: static peers only")
+    r.add_argument("--socket-group", metavar="GROUP",
+                   help="let members of GROUP use the control and PUB sockets (systemd's unit: "
+                   "zflood)")
     r.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
 
     pub = sub.add_parser("publish", help="publish a note (works offline: it waits in the store)")
@@ -92,30 +103,67 @@ def _parser() -> argparse.ArgumentParser:
 
     add_chat(sub)
     add_mail(sub)
+    for command in sub.choices.values():
+        _place_options(command, argparse.SUPPRESS)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .statedir import default_state_dir
+def _place_options(p: argparse.ArgumentParser, default: object) -> None:
+    """--state and --instance, before the command or after it: after it, SUPPRESS keeps the
+    subcommand's parser from overwriting a value given before."""
+    p.add_argument("--state", type=Path, metavar="DIR", default=default,
+                   help="state directory")
+    p.add_argument("--instance", metavar="NAME", default=default,
+                   help="the systemd instance zflood@NAME: its state in /var/lib/zflood/NAME, "
+                   "its sockets in /run/zflood/NAME")
 
-    state: Path = args.state or default_state_dir()
+
+def main(argv: list[str] | None = None) -> int:
+    from .systemd import error_line, to_journal, under_systemd
+
+    # Under systemd a bad argument or join code is a configuration error like any other: the
+    # unit restarts on failure except on 78, and no restart fixes a typo.
+    usage = ConfigurationError.exit_status if under_systemd() else 2
+    said = io.StringIO()
     try:
+        with contextlib.redirect_stderr(said if to_journal() else sys.stderr):
+            args = _parser().parse_args(argv)
+    except SystemExit as e:
+        for line in said.getvalue().splitlines():  # argparse's usage and error, marked
+            print(f"<3>{line}", file=sys.stderr)
+        return usage if e.code == 2 else int(e.code or 0)
+
+    def fail(message: str, status: int) -> int:
+        print(error_line(f"zflood: {message}"), file=sys.stderr)
+        return status
+
+    try:
+        state = _state_dir(args)
         return int(COMMANDS[args.command](state, args))
     except BadJoinCode as e:
-        print(f"zflood: bad join code: {e}", file=sys.stderr)
-        return 2
+        return fail(f"bad join code: {e}", usage)
     except BadArgument as e:
-        print(f"zflood: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), usage)
     except ConfigurationError as e:
-        print(f"zflood: {e}", file=sys.stderr)
-        return e.exit_status
+        return fail(str(e), e.exit_status)
     except (ZfloodError, OSError) as e:
-        print(f"zflood: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e), 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from .statedir import default_state_dir, instance_state_dir
+
+    if args.state is not None and args.instance is not None:
+        raise BadArgument("--state and --instance name two places: give one")
+    if args.instance is not None:
+        if args.command in ("init", "join"):
+            raise BadArgument(f"an instance joins with its credential: put the join code in "
+                              f"/etc/zflood/{args.instance}.join and start zflood@{args.instance}")
+        return instance_state_dir(args.instance)
+    state: Path = args.state or default_state_dir()
+    return state
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -195,14 +243,13 @@ def _enter(state: Path, group: Group) -> bytes:
 def cmd_run(state: Path, args: argparse.Namespace) -> int:
     from .daemon import Options, run
     from .endpoints import tcp_port
+    from .systemd import JournalFormatter, to_journal
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        # journald stamps lines itself
-        format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter() if to_journal() else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        handlers=[handler])
     try:
         if args.listen:
             tcp_port(args.listen, any_port=True)
@@ -210,10 +257,9 @@ def cmd_run(state: Path, args: argparse.Namespace) -> int:
             tcp_port(endpoint)
     except LocalError as e:
         raise BadArgument(str(e)) from None
-    options = Options(peers=args.peer, interfaces=args.interface, pub=args.pub,
-                      discovery=not args.no_discovery)
-    if args.listen:
-        options.listen = args.listen
+    options = Options(listen=args.listen, peers=args.peer, interfaces=args.interface,
+                      pub=args.pub, discovery=not args.no_discovery,
+                      socket_group=args.socket_group)
     return run(state, options)
 
 
@@ -229,9 +275,12 @@ def _client(state: Path, ends: dict[str, Any] | None = None) -> Client:
 
 def _running(state: Path) -> dict[str, Any] | None:
     """The endpoints of the daemon running in `state`, or None if none runs."""
-    from .statedir import STORE, read_endpoints
+    from .statedir import STORE, read_endpoints, runtime_dir_of
     from .store import in_use
 
+    runtime = runtime_dir_of(state)
+    if runtime is not None:
+        return _instance_running(runtime)
     try:
         ends = read_endpoints(state)
         os.kill(ends["pid"], 0)
@@ -240,6 +289,28 @@ def _running(state: Path) -> dict[str, Any] | None:
     # The pid is alive, but it may have been reused (a kill -9, then a reboot): the daemon
     # is the process holding the store's lock.
     return ends if in_use(state / STORE) else None
+
+
+def _instance_running(runtime: Path) -> dict[str, Any] | None:
+    """A systemd instance's sockets, found in its runtime directory (which exists while it
+    runs) without reading its state (which only its own user and root may)."""
+    from .local import ipc_endpoints
+    from .statedir import SOCKET_GROUP
+
+    pub, control = ipc_endpoints(runtime)
+    try:
+        os.stat(control.removeprefix("ipc://"))
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        pass
+    else:
+        if os.access(control.removeprefix("ipc://"), os.R_OK | os.W_OK):
+            return {"control": [control], "pub": [pub]}
+    name = runtime.name
+    raise LocalError(f"zflood@{name} runs, but only root and members of the group "
+                     f"{SOCKET_GROUP} may use it (sudo usermod -aG {SOCKET_GROUP} USER, then log "
+                     "in again)")
 
 
 def cmd_publish(state: Path, args: argparse.Namespace) -> int:

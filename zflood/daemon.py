@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import grp
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,20 @@ import zmq.asyncio
 from . import __version__, identity
 from .config import DEFAULT, Config
 from .discovery import Discovery, record_key
-from .errors import LocalError
+from .errors import ConfigurationError, LocalError
 from .local import LocalAPI, ipc_endpoints
 from .mesh import Link, Mesh
 from .node import Node
-from .statedir import DEFAULT_PORT, ENDPOINTS, load_group, open_node, write_endpoints
+from .statedir import (
+    ENDPOINTS,
+    PORT,
+    load_group,
+    open_node,
+    port_choices,
+    record_port,
+    recorded_port,
+    write_endpoints,
+)
 from .systemd import join_from_credentials, sd_notify, watchdog_period
 
 log = logging.getLogger("zflood.daemon")
@@ -40,14 +52,19 @@ log = logging.getLogger("zflood.daemon")
 # -- the daemon ------------------------------------------------------------------------------
 
 
+#: where peers reach a member that was given no --listen; the port is the member's own
+ANY_HOST = "0.0.0.0"
+
+
 @dataclass
 class Options:
-    listen: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"
+    listen: str | None = None  # None: ANY_HOST on the port kept in the state directory
     peers: list[str] = field(default_factory=list)
     interfaces: list[str] | None = None
     pub: list[str] = field(default_factory=list)  # extra PUB endpoints (tcp://127.0.0.1:PORT)
     control: list[str] = field(default_factory=list)
     discovery: bool = True
+    socket_group: str | None = None  # members of this group may use the ipc sockets
     config: Config = DEFAULT
 
 
@@ -69,11 +86,15 @@ class Daemon:
         join_from_credentials(self.state)
         group = load_group(self.state)
         if group is None:
-            raise LocalError(f"{self.state} is in no group yet: run `zflood init` or `zflood join`")
+            raise ConfigurationError(
+                f"{self.state} is in no group yet: run `zflood init` or `zflood join`")
         opts = self.options
         runtime = Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or self.state)
-        ctx = zmq.asyncio.Context()
+        kept = None if opts.listen else recorded_port(self.state)
         node = self.node = open_node(self.state, group, opts.config)
+        # a store with notes and no port kept ran before ports were: it keeps the old default
+        listen = opts.listen or f"tcp://{ANY_HOST}:{kept or _free_port(group.id, node.count > 0)}"
+        ctx = zmq.asyncio.Context()
         stack = contextlib.AsyncExitStack()
         pub, control = ipc_endpoints(runtime)
         try:
@@ -86,10 +107,24 @@ class Daemon:
             )
             await self.local.start()
             stack.push_async_callback(self.local.close)
-            self.mesh = Mesh(ctx, node.key, group, listen=opts.listen, config=opts.config,
+            if opts.socket_group:
+                _share(runtime, [pub, control], opts.socket_group)
+            self.mesh = Mesh(ctx, node.key, group, listen=listen, config=opts.config,
                              on_link=self._on_link, batch=node.batch)
             stack.push_async_callback(self.mesh.close)
-            self.listen = await self.mesh.start()
+            try:
+                self.listen = await self.mesh.start()
+            except LocalError as e:
+                if kept is None:
+                    raise
+                raise LocalError(
+                    f"{e} (the port this member keeps, in {self.state / PORT}, since peers and "
+                    "firewalls may name it: free it, or remove that file to choose another)"
+                ) from None
+            if not opts.listen and kept is None:
+                record_port(self.state, self.mesh.port)
+                log.info("port %d chosen for this member, kept in %s",
+                         self.mesh.port, self.state / PORT)
             for peer in opts.peers:
                 self.mesh.dial(peer)
             if opts.discovery:
@@ -168,6 +203,47 @@ class Daemon:
             "discovery": self.discovery is not None,
             "local": self.local.stats(),  # what waits for local clients that do not read
         }
+
+
+def _free_port(group: bytes, legacy: bool) -> int:
+    """The first port of this group's choices that nothing listens on (0: any port, if all
+    are taken)."""
+    for port in port_choices(group, legacy=legacy):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as libzmq binds: a port left in TIME_WAIT by our previous run is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((ANY_HOST, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    continue
+                raise LocalError(f"cannot listen on port {port}: {e.strerror}") from None
+        return port
+    log.warning("ports %d-%d are all taken: listening on one the system picks",
+                min(port_choices(group, legacy=False)), max(port_choices(group, legacy=False)))
+    return 0
+
+
+def _share(directory: Path, endpoints: list[str], group: str) -> None:
+    """Let members of `group` use the local API's ipc sockets: the sockets become
+    group-readable and -writable, and the directory holding them belongs to the group
+    (whose mode, RuntimeDirectoryMode= under systemd, decides who may enter)."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigurationError(
+            f"--socket-group {group}: no such group (systemd-sysusers creates it from "
+            "zflood's sysusers.d file; or: groupadd --system zflood)") from None
+    paths = [e.removeprefix("ipc://") for e in endpoints if e.startswith("ipc://")]
+    try:
+        for path in [str(directory), *paths]:
+            os.chown(path, -1, gid)
+        for path in paths:
+            os.chmod(path, 0o660)
+    except PermissionError:
+        raise ConfigurationError(
+            f"--socket-group {group}: this daemon is not in that group (the unit's "
+            f"SupplementaryGroups={group} puts it there)") from None
 
 
 def node_status(node: Node) -> dict[str, Any]:

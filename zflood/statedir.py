@@ -1,11 +1,22 @@
 """The state directory: where a member keeps its group, its store and its sockets' addresses.
 
 Theory of operation. One directory per group on a machine: `group.key` (the group secret from
-`init` or `join`, mode 0600), `node.db` (the store, with the node's own Ed25519 key) and, while
-a daemon runs, `endpoints.json` (its pid and where its control and PUB sockets are, so the CLI
-and the apps find them). The directory is `--state`, else $ZFLOOD_STATE, else
-$STATE_DIRECTORY (under systemd), else the user's data directory. This module imports no
-daemon, zmq or asyncio: the CLI and the apps use it without starting anything.
+`init` or `join`, mode 0600), `node.db` (the store, with the node's own Ed25519 key), `port`
+(the TCP port its daemon listens on, chosen at the first start and kept, since static peers
+and firewalls name it) and, while a daemon runs, `endpoints.json` (its pid and where its
+control and PUB sockets are, so the CLI and the apps find them). The directory is `--state`,
+else `--instance NAME` (a systemd instance, zflood@NAME), else $ZFLOOD_STATE, else
+$STATE_DIRECTORY (under systemd), else the user's data directory.
+
+A systemd instance keeps its state in /var/lib/zflood/NAME (with DynamicUser= a link into
+/var/lib/private, which only root may enter) and its sockets in /run/zflood/NAME, which the
+household's `zflood` group may use: so the CLI finds an instance's daemon by its runtime
+directory, without reading its state.
+
+A new group's port is derived from its group id, so the members of one group tend to listen
+on the same port and several groups on one machine on different ones; a port taken by
+something else moves the choice on to the next one. This module imports no daemon, zmq or
+asyncio: the CLI and the apps use it without starting anything.
 """
 
 from __future__ import annotations
@@ -17,15 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT, Config
 from .errors import LocalError
-from .identity import Group
 
 if TYPE_CHECKING:
+    from .identity import Group
     from .node import Node
 
 STORE = "node.db"
 GROUP = "group.key"
 ENDPOINTS = "endpoints.json"
-DEFAULT_PORT = 4077
+PORT = "port"
+DEFAULT_PORT = 4077  # where every group listened before ports were chosen per group
+PORT_RANGE = 256  # a new group's port: DEFAULT_PORT + (derived from the group id) % this
+
+#: where systemd puts an instance's directories (zflood@NAME's StateDirectory= and
+#: RuntimeDirectory=); with DynamicUser= the state really lives under /var/lib/private
+INSTANCE_STATE = Path("/var/lib/zflood")
+INSTANCE_PRIVATE_STATE = Path("/var/lib/private/zflood")
+INSTANCE_RUNTIME = Path("/run/zflood")
+SOCKET_GROUP = "zflood"  # the group whose members may use an instance's sockets
 
 
 def default_state_dir() -> Path:
@@ -38,7 +58,41 @@ def default_state_dir() -> Path:
     return Path(data) / "zflood"
 
 
+def instance_state_dir(name: str) -> Path:
+    """The state directory of the systemd instance zflood@NAME."""
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise LocalError(f"not an instance name: {name!r} (zflood@NAME: family, work, ...)")
+    for top in (INSTANCE_STATE, INSTANCE_PRIVATE_STATE):
+        if os.path.lexists(top / name):
+            return top / name
+    return INSTANCE_STATE / name
+
+
+def runtime_dir_of(state: Path) -> Path | None:
+    """Where the daemon of a systemd instance's state directory has its sockets, or None
+    for any other state directory (its daemon keeps them in the state directory)."""
+    if state.parent in (INSTANCE_STATE, INSTANCE_PRIVATE_STATE):
+        return INSTANCE_RUNTIME / state.name
+    return None
+
+
+def check_owner(state: Path) -> None:
+    """Refuse to let root write into a state directory of another user (a systemd
+    instance's, typically): the files it made there would lock that user's daemon out."""
+    try:
+        owner = state.stat().st_uid
+    except OSError:
+        return  # nothing yet, or not ours to read: opening it says what is wrong
+    if os.geteuid() == 0 and owner != 0:
+        raise LocalError(
+            f"{state} belongs to uid {owner}: what root writes there its daemon could not "
+            "read. Start the daemon and talk to it, or run this as that user"
+        )
+
+
 def load_group(state: Path) -> Group | None:
+    from .identity import Group
+
     path = state / GROUP
     try:
         return Group(path.read_bytes())
@@ -58,6 +112,7 @@ def check_group(state: Path, group: Group) -> None:
 def save_group(state: Path, group: Group) -> None:
     """Write the group secret (mode 0600, created atomically); refuses to change group."""
     check_group(state, group)
+    check_owner(state)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = state / (GROUP + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -71,6 +126,7 @@ def save_group(state: Path, group: Group) -> None:
 def open_node(state: Path, group: Group, config: Config = DEFAULT) -> Node:
     from .node import Node
 
+    check_owner(state)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Node(path=str(state / STORE), group=group.id, config=config)
 
@@ -98,3 +154,36 @@ def endpoints_of(state: Path, pid: int) -> dict[str, Any] | None:
     except LocalError:
         return None
     return ends if ends.get("pid") == pid else None
+
+
+def recorded_port(state: Path) -> int | None:
+    """The port this member listened on before, if any (None: choose one)."""
+    path = state / PORT
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LocalError(f"cannot read {path}: {e.strerror}") from None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise LocalError(f"{path} holds {text[:20]!r}, not a port: fix it, or remove it to "
+                         "let zflood choose one")
+    return int(text)
+
+
+def record_port(state: Path, port: int) -> None:
+    tmp = state / (PORT + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, state / PORT)
+
+
+def port_choices(group: bytes, *, legacy: bool) -> list[int]:
+    """The ports a member of `group` tries, in order, when none is recorded: the group's own
+    (derived from its id), then the others of the range. `legacy` (a store from before ports
+    were recorded) keeps DEFAULT_PORT first: its peers and firewall know that one."""
+    start = int.from_bytes(group[:4], "big") % PORT_RANGE
+    ports = [DEFAULT_PORT + (start + k) % PORT_RANGE for k in range(PORT_RANGE)]
+    if legacy:
+        ports.remove(DEFAULT_PORT)
+        ports.insert(0, DEFAULT_PORT)
+    return ports

@@ -1,10 +1,14 @@
-"""What the daemon says to systemd and takes from it: sd_notify, the watchdog, credentials.
+"""What zflood says to systemd and takes from it: sd_notify, the watchdog, credentials, and
+log lines at their journal priority.
 
 Theory of operation. Under systemd the manager passes everything through the environment:
 $NOTIFY_SOCKET (where READY=1, STOPPING=1 and WATCHDOG=1 go, as single datagrams: the
 protocol needs no libsystemd), $WATCHDOG_USEC and $WATCHDOG_PID (how often to feed it, and
-whether that is this process's job) and $CREDENTIALS_DIRECTORY (the join code, from the unit's
-LoadCredential=). Outside systemd none is set and every function here does nothing.
+whether that is this process's job), $CREDENTIALS_DIRECTORY (the join code, from the unit's
+LoadCredential=), $JOURNAL_STREAM (stderr is a stream into the journal: a line that starts
+with "<N>" is stored at syslog priority N, anything else at info) and $INVOCATION_ID (set for
+every service: a configuration error then exits 78, EX_CONFIG, which the unit does not
+restart). Outside systemd none is set and every function here does nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +17,18 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
+from typing import TextIO
 
-from .errors import ConfigurationError
-from .identity import Group
+from .errors import BadJoinCode, ConfigurationError
 from .statedir import load_group, save_group
+
+EX_CONFIG = ConfigurationError.exit_status
+
+#: syslog priorities, as sd-daemon(3)'s SD_ERR and friends
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
 
 log = logging.getLogger("zflood.daemon")
 
@@ -42,6 +53,48 @@ def watchdog_period() -> float | None:
     return int(usec) / 1e6 / 2
 
 
+def under_systemd() -> bool:
+    """Whether this process is a systemd service (or runs in one)."""
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
+def to_journal(stream: TextIO | None = None) -> bool:
+    """Whether `stream` (stderr) is the journal stream systemd connected, by its device and
+    inode as $JOURNAL_STREAM gives them (a redirected stderr is not the journal)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def priority(level: int) -> int:
+    """The syslog priority of a logging level (debug: 7)."""
+    return next((prio for floor, prio in _PRIORITIES if level >= floor), 7)
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for the journal: "<N>" first, so journald stores each at its priority (an
+    error as an error, not as info); no time stamp, journald adds its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        # journald cuts a stream at newlines: each line of a traceback keeps the priority
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def error_line(message: str) -> str:
+    """A one-line error for stderr: at error priority when stderr is the journal."""
+    return ("<3>" if to_journal() else "") + message
+
+
 def join_from_credentials(state: Path) -> None:
     """Under systemd, `LoadCredential=join:/etc/zflood/INSTANCE.join` hands over the code;
     an empty credential means "no code" (the unit's fallback when the file is missing)."""
@@ -61,7 +114,14 @@ def join_from_credentials(state: Path) -> None:
                 f"systemctl restart zflood@{instance}"
             )
         return
-    group = Group.from_join_code(text)
+    from .identity import Group
+
+    try:
+        group = Group.from_join_code(text)
+    except BadJoinCode as e:
+        raise ConfigurationError(
+            f"bad join code in the credential (/etc/zflood/{state.name}.join): {e}"
+        ) from None
     if current is None:
         save_group(state, group)
         log.info("joined group %s with the code from the systemd credential", group.id.hex())

@@ -37,16 +37,12 @@ from .queue import MailState, Message
 
 
 def _state(state: str | None, instance: str | None) -> Path:
-    from ...statedir import default_state_dir
+    from ...statedir import default_state_dir, instance_state_dir
 
     if state:
         return Path(state)
     if instance:
-        try:
-            from ...statedir import instance_state_dir  # type: ignore[attr-defined]
-        except ImportError:
-            return Path("/var/lib/zflood") / instance
-        return Path(instance_state_dir(instance))
+        return instance_state_dir(instance)
     return default_state_dir()
 
 
