@@ -50,10 +50,13 @@ if [ ! -e "$tree/.zflood-tree" ]; then
 fi
 
 # The wheels: zflood's dependencies with the fast extra, and the build backend its
-# pyproject.toml names. Fetched from the package index by the host's pip (Python 3.11, as
-# in the tree); the checkout itself is built inside the container by the test.
+# pyproject.toml names, for the tree's Python (3.11). Fetched from the package index by the
+# checkout's venv (the system Python of Debian has no pip); the checkout itself is built
+# inside the container by the test.
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
 mkdir -p "$wheels"
-deps=$(python3 - <<'PY'
+deps=$("$py" - <<'PY'
 import tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))
 print("\n".join([*p["build-system"]["requires"], *p["project"]["dependencies"],
@@ -61,5 +64,5 @@ print("\n".join([*p["build-system"]["requires"], *p["project"]["dependencies"],
 PY
 )
 # shellcheck disable=SC2086
-python3 -m pip download -q --only-binary=:all: -d "$wheels" $deps
+"$py" -m pip download -q --only-binary=:all: --python-version 3.11 -d "$wheels" $deps
 echo "tools/container.sh: tree $tree, wheels $wheels"

@@ -384,7 +384,8 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     if ends:
         with _client(state, ends) as client:
             status = dict(client.status(), running=True)
-        group = load_group(state)
+        # a member of an instance's socket group may talk to it but not read its state
+        group = load_group(state) if os.access(state, os.R_OK | os.X_OK) else None
     else:
         node, group = _offline_node(state)
         status = {**node_status(node), "running": False, "listen": None, "pub": [],
