@@ -213,7 +213,9 @@ def box() -> Iterator[Container]:
     with tempfile.TemporaryDirectory(prefix="zflood-nspawn-") as work:
         c = Container(Path(work))
         try:
-            c.sh(INSTALL)
+            r = c.sh(INSTALL, check=False)
+            assert r.code == 0, f"install inside the container: exit {r.code} (a dependency " \
+                f"missing from {WHEELS}? tools/container.sh refreshes them)\n{r.out}{r.err}"
             yield c
         finally:
             c.stop()
