@@ -593,3 +593,135 @@ def test_follow_survives_a_real_pub_overflow(
         d.close()
     assert indices == list(range(1, total))
     assert sum(reads) > 1, "nothing was dropped: the test did not overflow PUB"
+
+
+# -- apps --------------------------------------------------------------------------------------
+
+
+def app_body(app: str, **fields: Any) -> bytes:
+    return cbor2.dumps({"app": app, **fields})
+
+
+def test_pub_sends_an_app_note_under_its_app_topic_with_its_previous_index(
+    daemon: Daemon,
+) -> None:
+    ctx = zmq.Context()
+    try:
+        everything = subscribed(daemon, ctx)
+        chat = ctx.socket(zmq.SUB)
+        chat.setsockopt(zmq.LINGER, 0)
+        chat.setsockopt(zmq.SUBSCRIBE, b"note/chat")
+        chat.connect(daemon.api.pub_endpoints[0])
+        deadline = time.monotonic() + WAIT
+        while not chat.poll(20):  # probes until this subscription is in effect too
+            assert time.monotonic() < deadline, "the subscription never took effect"
+            daemon.publish(app_body("chat", probe=True))
+        while chat.poll(100):
+            chat.recv_multipart()
+        while everything.poll(100):
+            everything.recv_multipart()
+        last_chat = daemon.call(lambda: daemon.node.count) - 1
+        sent = [daemon.publish(b) for b in (app_body("mail", n=1), b"opaque",
+                                             app_body("chatter", n=2), app_body("chat", n=3))]
+        topics = []
+        for _ in sent:
+            assert everything.poll(int(WAIT * 1000))
+            topics.append(everything.recv_multipart()[0])
+        assert topics == [b"note/mail", b"note", b"note/chatter", b"note/chat"]
+        # a prefix subscription brings "chatter" too: the topic frame tells them apart
+        got = [chat.recv_multipart() for _ in range(2) if chat.poll(int(WAIT * 1000))]
+        assert [t for t, _ in got] == [b"note/chatter", b"note/chat"]
+        note = cbor2.loads(got[1][1])
+    finally:
+        ctx.destroy(linger=0)
+    assert note == {**local.note_map(sent[3]), "app": "chat", "prev": last_chat}
+
+
+def test_read_with_an_app_returns_its_notes_and_how_far_the_log_was_searched(
+    daemon: Daemon, client: Client
+) -> None:
+    bodies: list[str | bytes] = []
+    for i in range(30):
+        bodies += [app_body("chat", n=i), b"x", app_body("mail", n=i), "text"]
+    daemon.call(lambda: daemon.node.publish_many(bodies))
+    pages, start = [], 0
+    while True:
+        notes, start = client.read(start, 7, app="chat")
+        if not notes:
+            break
+        pages.append([cbor2.loads(n["body"])["n"] for n in notes])
+        # a full page goes on after its last note; a short one searched to the end
+        assert start == (notes[-1]["index"] + 1 if len(notes) == 7 else 120)
+    assert [n for page in pages for n in page] == list(range(30))
+    assert [len(p) for p in pages] == [7, 7, 7, 7, 2]
+    assert client.read(0, app="nobody") == ([], 120)
+    assert client.read(500, app="chat") == ([], 500)
+    assert request(daemon, [cbor2.dumps({"op": "read", "app": 5})])["error"].startswith("read")
+
+
+def test_follow_with_an_app_yields_its_notes_only_history_then_live_each_once(
+    daemon: Daemon, client: Client
+) -> None:
+    history: list[str | bytes] = []
+    for i in range(3000):  # several read pages of the log, fewer of chat
+        history.append(app_body("chat", n=i) if i % 3 == 0 else app_body("mail", n=i))
+    daemon.call(lambda: daemon.node.publish_many(history))
+    errors: list[BaseException] = []
+    started = threading.Event()
+    live = 300
+
+    def publisher() -> None:
+        try:
+            started.wait(WAIT)
+            with daemon.client() as other:
+                for i in range(3000, 3000 + live):
+                    app = ("chat", "chatter", "mail", "")[i % 4]
+                    body = app_body(app, n=i) if app else b"opaque"
+                    (other.publish if i % 2 else daemon.publish)(body)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    got = []
+    want = [i for i in range(3000) if i % 3 == 0] + [i for i in range(3000, 3000 + live)
+                                                      if i % 4 == 0]
+    try:
+        for note in client.follow(0, app="chat", timeout=WAIT):
+            started.set()
+            got.append(cbor2.loads(note["body"])["n"])
+            if len(got) == len(want):
+                break
+    finally:
+        started.set()
+        thread.join(WAIT * 4)
+    assert not thread.is_alive() and not errors
+    assert got == want
+
+
+class LossyChat(LocalAPI):
+    """Drops chosen chat notes on PUB, as a full queue would: mid-stream and at the tail."""
+
+    def _on_note(self, note: Note) -> None:
+        if note.body not in (app_body("chat", n=3), app_body("chat", n=9)):
+            super()._on_note(note)
+
+
+def test_follow_with_an_app_fills_what_pub_dropped_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "RESYNC", 0.05)  # the tail drop is found by the idle check
+    d = Daemon(tmp_path, LossyChat)
+    try:
+        with d.client() as c:
+            follower = c.follow(0, app="chat", timeout=WAIT)
+            d.publish(app_body("chat", n=0))
+            assert cbor2.loads(next(follower)["body"]) == {"app": "chat", "n": 0}
+            for i in range(1, 10):
+                d.publish(app_body("mail", n=i))
+                d.publish(app_body("chat", n=i))
+            got = [cbor2.loads(next(follower)["body"])["n"] for _ in range(9)]
+            follower.close()
+    finally:
+        d.close()
+    assert got == list(range(1, 10))

@@ -361,6 +361,17 @@ class Node:
         self._check_open()
         return self._store.replay(start, end)
 
+    def app_notes(self, app: str, start: int = 0, limit: int = 1000) -> tuple[list[Note], int]:
+        """Held notes of `app` (see `zflood.appnote`) from index `start`, at most `limit`, and
+        the index below which all of them were returned; the cost follows `app`'s notes."""
+        self._check_open()
+        return self._store.app_notes(app, start, None, limit)
+
+    def app_before(self, app: str, index: int) -> int:
+        """The index of the last held note of `app` below `index`, or -1."""
+        self._check_open()
+        return self._store.app_before(app, index)
+
     def export(self) -> Iterator[wire.Notes]:
         """Every held note as signed batches, origin by origin: what `import_notes` takes,
         here or on another member, and checks exactly as it checks a peer's batches."""

@@ -9,7 +9,9 @@ order is a merge of the origins' logs by `idx`, and the first note at or after a
 binary search on the primary key. Heads are not kept in a table: each is one `max(seqno)`
 lookup, so opening a store costs O(origins * log n) whatever the history. WAL with
 synchronous=NORMAL makes a commit durable against a crash of the process (kill -9) once
-`commit` returns; `fsync=True` switches to synchronous=FULL for power loss. Only the engine
+`commit` returns; `fsync=True` switches to synchronous=FULL for power loss. App notes (a CBOR
+map body with a text `app`, see appnote.py) are also indexed by (app, idx) in `app_notes`,
+kept by triggers in the statement that stores the note. Only the engine
 writes; nothing here knows the protocol.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .appnote import app_of
 from .errors import LocalError, StoreInUse
 
 Body = str | bytes
@@ -111,6 +114,93 @@ class Fork:
     evidence: bytes  # CBOR: the conflicting signed batch as received, with its previous id
 
 
+# App notes, by app and arrival index: an app reads its own notes at a cost that follows their
+# number. The index follows what replay shows at each index (a chain note's body, the body a
+# note published again carries, a note shown here before it left its chain), kept by triggers
+# in the statements that change those, so it never disagrees with them. SQL looks at a body's
+# first byte (a CBOR map) before Python decodes anything.
+_APP_MAP = "typeof({0}) = 'blob' AND substr({0}, 1, 1) BETWEEN x'a0' AND x'bf'"
+
+
+def _index_at(idx: str, origin: str, seqno: str, body: str, when: str = "1") -> str:
+    """SQL: index `body`, shown at `idx`, if it is an app note and `when` holds."""
+    return (f"INSERT OR REPLACE INTO app_notes SELECT a, {idx}, {origin}, {seqno}"
+            f" FROM (SELECT zflood_app({body}) AS a) WHERE a IS NOT NULL AND ({when})"
+            f" AND {_APP_MAP.format(body)}")
+
+
+_NOTE_OF_AGAIN = "(SELECT idx FROM notes WHERE origin = {0}.origin AND seqno = {0}.seqno)"
+_APP_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS app_notes (
+    app TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    origin INTEGER NOT NULL,
+    seqno INTEGER NOT NULL,
+    PRIMARY KEY (app, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS app_notes_by_idx ON app_notes (idx);
+CREATE TRIGGER IF NOT EXISTS app_notes_insert AFTER INSERT ON notes
+WHEN {_APP_MAP.format("NEW.body")} BEGIN
+    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.body")};
+END;
+-- a note replaced in a fork moved to `dropped` first, which indexed what it shows there
+CREATE TRIGGER IF NOT EXISTS app_notes_delete AFTER DELETE ON notes BEGIN
+    DELETE FROM app_notes WHERE idx = OLD.idx
+        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = OLD.idx);
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_update AFTER UPDATE OF body ON notes BEGIN
+    DELETE FROM app_notes WHERE idx = OLD.idx;
+    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.body")};
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_again AFTER INSERT ON again BEGIN
+    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("NEW")};
+    {_index_at(_NOTE_OF_AGAIN.format("NEW"), "NEW.origin", "NEW.seqno", "NEW.shown",
+               "NOT NEW.hidden")};
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_again_gone AFTER DELETE ON again BEGIN
+    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("OLD")}
+        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = {_NOTE_OF_AGAIN.format("OLD")});
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_dropped AFTER INSERT ON dropped
+WHEN NEW.idx IS NOT NULL BEGIN
+    DELETE FROM app_notes WHERE idx = NEW.idx;
+    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.shown")};
+END;
+"""
+# A store from before the index: the same, from what it holds.
+_APP_BACKFILL = f"""
+INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(body)
+    AS a, idx, origin, seqno FROM notes WHERE {_APP_MAP.format("body")}) WHERE a IS NOT NULL;
+DELETE FROM app_notes WHERE idx IN (SELECT n.idx FROM again g JOIN notes n
+    ON n.origin = g.origin AND n.seqno = g.seqno);
+INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(g.shown)
+    AS a, n.idx, n.origin, n.seqno FROM again g JOIN notes n ON n.origin = g.origin
+    AND n.seqno = g.seqno WHERE NOT g.hidden) WHERE a IS NOT NULL;
+DELETE FROM app_notes WHERE idx IN (SELECT idx FROM dropped WHERE idx IS NOT NULL);
+INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(shown)
+    AS a, idx, origin, seqno FROM dropped WHERE idx IS NOT NULL) WHERE a IS NOT NULL;
+"""
+
+# An app's notes from the index, each looked up by its key: never a scan of the log. The
+# plain form serves a store with no fork in it; the other also looks where replay would.
+_APP_READ = (
+    "SELECT a.idx, a.origin, a.seqno, n.body, n.id FROM app_notes a"
+    " JOIN notes n ON n.origin = a.origin AND n.seqno = a.seqno"
+    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
+)
+_APP_READ_FORKED = (
+    "SELECT a.idx, a.origin, a.seqno,"
+    " CASE WHEN n.idx = a.idx THEN (CASE WHEN g.hidden THEN NULL ELSE coalesce(g.shown, n.body)"
+    "   END) ELSE d.shown END,"
+    " CASE WHEN n.idx = a.idx THEN n.id ELSE d.id END"
+    " FROM app_notes a"
+    " LEFT JOIN notes n ON n.origin = a.origin AND n.seqno = a.seqno"
+    " LEFT JOIN again g ON g.origin = a.origin AND g.seqno = a.seqno"
+    " LEFT JOIN dropped d ON d.idx = a.idx"
+    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
+)
+
+
 class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, fsync: bool = False):
         self.path = None if path is None else os.fspath(path)
@@ -137,6 +227,7 @@ class Store:
         self._dropped_shown = False  # whether replay must look at dropped notes
         self.next_index = 0
         self._load()
+        self._open_app_index()
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -511,6 +602,44 @@ class Store:
             if len(rows) < chunk:
                 return
             start = rows[-1][0] + 1
+
+    # -- app notes -----------------------------------------------------------------------
+    def _open_app_index(self) -> None:
+        self._db.create_function("zflood_app", 1, app_of, deterministic=True)
+        if self.get_meta("app_index") is not None:
+            return
+        # The first open since the index came: built once, from what the store holds, in
+        # the same transaction as the table and its triggers.
+        try:
+            self._db.executescript(
+                f"BEGIN; {_APP_SCHEMA} {_APP_BACKFILL}"
+                " INSERT OR REPLACE INTO meta VALUES ('app_index', 1); COMMIT;"
+            )
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def app_notes(self, app: str, start: int = 0, end: int | None = None,
+                  limit: int = 1000) -> tuple[list[Note], int]:
+        """`app`'s held notes with start <= index < end, at most `limit`, in arrival order,
+        and the index below which every note of `app` has been returned."""
+        stop = self.next_index if end is None else min(end, self.next_index)
+        if start >= stop:
+            return [], start
+        forked = bool(self._again) or self._dropped_shown
+        rows = self._db.execute(_APP_READ_FORKED if forked else _APP_READ,
+                                (app, start, stop, limit)).fetchall()
+        notes = [Note(self._origins[no], seq, body, note_id, idx)
+                 for idx, no, seq, body, note_id in rows if body is not None]
+        return notes, stop if len(rows) < limit else rows[-1][0] + 1
+
+    def app_before(self, app: str, index: int) -> int:
+        """The index of `app`'s last held note below `index`, or -1."""
+        row = self._db.execute(
+            "SELECT max(idx) FROM app_notes WHERE app = ? AND idx < ?", (app, index)
+        ).fetchone()
+        return -1 if row[0] is None else int(row[0])
 
     def forks(self) -> list[Fork]:
         return [

@@ -68,24 +68,22 @@ class Client:
         """Undo `cut(node)`: the daemon links with `node` again when it can."""
         self._request({"op": "link", "node": node_id(node), "up": True})
 
-    def read(self, start: int = 0, limit: int = protocol.READ_LIMIT) -> tuple[list[Map], int]:
-        """Held notes from local index `start`, at most `limit`: (notes, next index)."""
-        notes, nxt, _ = self._read(start, limit)
+    def read(self, start: int = 0, limit: int = protocol.READ_LIMIT, *,
+             app: str | None = None) -> tuple[list[Map], int]:
+        """Held notes from local index `start`, at most `limit` (of `app` alone, if given):
+        (notes, next index to read from)."""
+        req: Map = {"op": "read", "start": start, "limit": limit}
+        if app is not None:
+            req["app"] = app
+        notes, nxt, _ = _read_reply(self._request(req))
         return notes, nxt
 
-    def _read(self, start: int, limit: int = protocol.READ_LIMIT) -> tuple[list[Map], int, int]:
-        """(notes, next index, notes the daemon holds)."""
-        reply = self._request({"op": "read", "start": start, "limit": limit})
-        notes, nxt, count = reply.get("notes"), reply.get("next"), reply.get("count")
-        if not isinstance(notes, list) or type(nxt) is not int or type(count) is not int:
-            raise LocalError("the daemon sent a malformed read reply")
-        return notes, nxt, count
-
     def follow(
-        self, start: int = 0, *, timeout: float | None = None
+        self, start: int = 0, *, app: str | None = None, timeout: float | None = None
     ) -> Generator[Map, None, None]:
-        """Every note with index >= `start`, in index order, each once, history then live.
-        Stops after `timeout` seconds without a new note (None: never)."""
+        """Every note with index >= `start` (of `app` alone, if given), in index order, each
+        once, history then live. Stops after `timeout` seconds without a new note (None:
+        never)."""
         if self.pub is None:
             raise LocalError("following needs the daemon's PUB endpoint")
         sub: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
@@ -95,11 +93,11 @@ class Client:
         try:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, protocol.SUB_RCVHWM)
-            sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC)
+            sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(app))
             sub.connect(self.pub)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.connect(self.control)
-            yield from _Follower(self, sub, dealer, start, timeout).run()
+            yield from _Follower(self, sub, dealer, start, app, timeout).run()
         finally:
             self._subs.difference_update((sub, dealer))
             sub.close(linger=0)
@@ -183,13 +181,20 @@ class _Follower:
     process decodes and yields the last (waiting for a timer between batches once made
     catching up a thousand times slower than reading). Replies and live notes may come in
     any order: a note is yielded only when its index is the one expected, a later one waits
-    in `ahead` (bounded: more are read again), an earlier one is a duplicate."""
+    in `ahead` (bounded: more are read again), an earlier one is a duplicate.
+
+    Following one app, `expected` is how far the log has been searched for its notes, and a
+    live note is next when its "prev" (that app's previous note) lies below it; otherwise PUB
+    dropped one, and it is read from the store. Such a read's "next" moves `expected` past
+    the other apps' notes; one read is in flight at a time, from `expected`."""
 
     def __init__(self, client: Client, sub: zmq.Socket[bytes], dealer: zmq.Socket[bytes],
-                 start: int, timeout: float | None) -> None:
+                 start: int, app: str | None, timeout: float | None) -> None:
         self.client = client
         self.sub = sub
         self.dealer = dealer
+        self.app = app
+        self.depth = protocol.READS_AHEAD if app is None else 1
         self.timeout = timeout
         self.expected = start
         self.ahead: dict[int, Map] = {}  # notes past `expected`, by index
@@ -204,7 +209,7 @@ class _Follower:
     def run(self) -> Iterator[Map]:
         while True:
             while self.sub.poll(0):
-                note = live_note(self.sub.recv_multipart())
+                note = live_note(self.sub.recv_multipart(), self.app)
                 if note is not None:
                     self._hold(note)
             yield from self._ready()
@@ -233,10 +238,21 @@ class _Follower:
 
     def _ready(self) -> Iterator[Map]:
         ahead = self.ahead
-        while self.expected in ahead:
-            yield ahead.pop(self.expected)
-            self.expected += 1
-            self.last_new = time.monotonic()
+        if self.app is None:
+            while self.expected in ahead:
+                yield ahead.pop(self.expected)
+                self.expected += 1
+                self.last_new = time.monotonic()
+            return
+        while ahead:
+            index = min(ahead)
+            if index >= self.expected and ahead[index]["prev"] >= self.expected:
+                return  # one before it is missing
+            note = ahead.pop(index)
+            if index >= self.expected:
+                yield note
+                self.expected = index + 1
+                self.last_new = time.monotonic()
 
     def _ask(self, now: float) -> None:
         """Send the reads that are due: ahead of the history while behind it; else one read
@@ -244,7 +260,7 @@ class _Follower:
         if not self.inflight:
             self.asked = self.expected  # nothing covers what lies past it
         if self.held is not None and self.expected < self.held:  # behind the store
-            while len(self.inflight) < protocol.READS_AHEAD:
+            while len(self.inflight) < self.depth:
                 begin = max(self.asked, self.expected)
                 if begin >= self.held:
                     break
@@ -257,7 +273,9 @@ class _Follower:
             self._send(self.expected)
 
     def _send(self, start: int) -> None:
-        req = {"op": "read", "start": start, "limit": protocol.READ_LIMIT}
+        req: Map = {"op": "read", "start": start, "limit": protocol.READ_LIMIT}
+        if self.app is not None:
+            req["app"] = self.app
         rid, data = self.client._encode(req)
         self.dealer.send(data)
         self.inflight.append((rid, start, time.monotonic()))
@@ -281,22 +299,31 @@ class _Follower:
         notes, nxt, self.held = _read_reply(reply)
         if hole or nxt < min(start + protocol.READ_LIMIT, self.held):
             self.asked = self.expected  # cut short (large notes): ask on from what is missing
+        # A read from at or before `expected` holds, in order, every note of interest up to
+        # its "next"; one from further on (behind a reply cut short) only fills `ahead`.
+        covering = was_at = start <= self.expected
         for note in notes:
             index = note["index"]
-            if index == self.expected:
+            if index < self.expected:
+                continue  # had it already
+            if covering:
                 self.ahead.pop(index, None)
                 yield note
-                self.expected += 1
+                self.expected = index + 1
                 self.last_new = time.monotonic()
-            elif index > self.expected:
+            elif self.app is None:
                 self._hold(note)
+        if covering and nxt > self.expected:
+            self.expected = nxt  # following an app: past the other apps' notes
+        if self.ahead and min(self.ahead) < self.expected:
+            self.ahead = {i: n for i, n in self.ahead.items() if i >= self.expected}
         yield from self._ready()
         now = time.monotonic()
         if nxt >= self.held:
             self.check_at = now + protocol.RESYNC
-        if notes or start != self.expected:
+        if notes or not was_at:
             return False
-        # The store holds nothing at `expected`, so what waits ahead came from another store
-        # (the daemon was reset): waiting for it to be filled would never end.
+        # The store holds nothing of interest at `expected`, so what waits ahead came from
+        # another store (the daemon was reset): waiting for it to be filled would never end.
         self.ahead.clear()
         return self.timeout is not None and now >= self.last_new + self.timeout

@@ -4,7 +4,10 @@ Theory of operation. The PUB socket sends every delivered note as a two-frame me
 [TOPIC, CBOR map] (see `note_map`). The control socket takes one CBOR map per request and
 answers one CBOR map echoing the request's "id", so a DEALER client can tell a stale reply
 from its own. Ops: "publish" {body}, "status", "read" {start, limit}, and "link" {node, up}.
-A reply is {"ok": true, ...} or {"ok": false, "error": "one line"}. This module holds those
+A reply is {"ok": true, ...} or {"ok": false, "error": "one line"}. An app note (a CBOR map
+body with a text "app", see `zflood.appnote`) goes on PUB under the topic "note/<app>", its map
+with "app" and "prev" (the index of that app's previous note here, -1 for none) added, and
+"read" takes an "app" to return that app's notes alone. This module holds those
 shapes and the decoding that turns anything malformed into one `LocalError`; it opens no
 socket, so the server (`server.py`) and the client (`client.py`) share it, and a program in
 another language needs nothing but this description.
@@ -55,6 +58,11 @@ def note_map(note: Note) -> Map:
     }
 
 
+def topic(app: str | None) -> bytes:
+    """The PUB topic of a note of `app` (None: an opaque note)."""
+    return TOPIC if app is None else TOPIC + b"/" + app.encode()
+
+
 def ipc_endpoints(directory: str | os.PathLike[str]) -> tuple[str, str]:
     """The default (pub, control) endpoints in a runtime or state directory."""
     d = os.path.abspath(os.fspath(directory))
@@ -87,15 +95,26 @@ def int_field(req: Map, key: str, default: int, least: int) -> int:
     return value
 
 
-def live_note(frames: list[bytes]) -> Map | None:
-    """A note map from a PUB message, or None for anything else."""
-    if len(frames) != 2 or frames[0] != TOPIC:
+def live_note(frames: list[bytes], app: str | None = None) -> Map | None:
+    """A note map from a PUB message (of `app` only, when given), or None for anything else.
+    Topics match by prefix, so "note/chat" also brings "note/chatter": the topic must be
+    `topic(app)` exactly."""
+    if len(frames) != 2:
+        return None
+    if app is None:
+        if frames[0] != TOPIC and not frames[0].startswith(TOPIC + b"/"):
+            return None
+    elif frames[0] != topic(app):
         return None
     try:
         note = decode(frames[1])
     except LocalError:
         return None
-    return note if isinstance(note, dict) and type(note.get("index")) is int else None
+    if not isinstance(note, dict) or type(note.get("index")) is not int:
+        return None
+    if app is not None and type(note.get("prev")) is not int:
+        return None
+    return note
 
 
 def node_id(node: bytes | str) -> bytes:

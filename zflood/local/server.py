@@ -34,13 +34,14 @@ import ipaddress
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cbor2
 import zmq
 import zmq.asyncio
 
+from ..appnote import app_of
 from ..endpoints import tcp_parts
 from ..errors import LocalError
 from ..node import Node
@@ -227,9 +228,16 @@ class LocalAPI:
         pub = self._pub_sync
         if pub is None or not self._topics:
             return
+        app = app_of(note.body)
+        topic = protocol.topic(app)
+        if not any(topic.startswith(t) for t in self._topics):
+            return  # ZeroMQ would drop it for every subscriber: skip the work
+        data = note_map(note)
+        if app is not None:
+            data["app"], data["prev"] = app, self._node.app_before(app, note.index)
         try:
-            pub.send(protocol.TOPIC, _SNDMORE_NOBLOCK)
-            pub.send(cbor2.dumps(note_map(note)), _NOBLOCK)
+            pub.send(topic, _SNDMORE_NOBLOCK)
+            pub.send(cbor2.dumps(data), _NOBLOCK)
         except zmq.ZMQError as e:  # a lost PUB message is repaired by readers
             log.debug("note %d not sent on PUB: %s", note.index, e)
 
@@ -342,16 +350,27 @@ class LocalAPI:
         if op == "read":
             start = int_field(req, "start", 0, 0)
             limit = min(int_field(req, "limit", protocol.READ_LIMIT, 1), protocol.READ_LIMIT)
+            app = req.get("app")
+            if app is not None and not isinstance(app, str):
+                raise LocalError("read takes an \"app\" that is text")
+            count = self._node.count  # before the read: "next" never claims what came later
+            found: Iterable[Note]
+            if app is None:
+                found, scanned = self._node.notes(start, start + limit), start
+            else:
+                found, scanned = self._node.app_notes(app, start, limit)
             notes: list[Map] = []
             size, budget = 0, self._node.config.max_frame
-            nxt = start
-            for note in self._node.notes(start, start + limit):
+            for note in found:
                 size += body_size(note.body) + protocol.NOTE_OVERHEAD
                 if notes and size > budget:  # the reply must stay a sane size
+                    scanned = note.index
                     break
                 notes.append(note_map(note))
-                nxt = note.index + 1
-            return {"ok": True, "notes": notes, "next": nxt, "count": self._node.count}
+                if app is None:
+                    scanned = note.index + 1
+            return {"ok": True, "notes": notes, "next": min(scanned, max(count, start)),
+                    "count": count}
         if op == "link" and self._link is not None:
             node, up = req.get("node"), req.get("up")
             if not isinstance(node, bytes) or len(node) != 32 or not isinstance(up, bool):
