@@ -25,9 +25,28 @@ class Config:
     max_frame: int = 2 * MiB
     #: Batches asked for at once from one peer: how deep a bulk sync pipelines.
     window_batches: int = 8
-    #: Most origins a hello or heads message may list (a group is 2 to about 10 machines,
-    #: but every machine that ever joined stays an origin).
-    max_origins: int = 4096
+    #: Most origins one HELLO or HEADS lists: longer heads go out as several pages, so no
+    #: message ever outgrows what a peer accepts.
+    heads_page: int = 1024
+    #: Most origins a node holds (a group is 2 to about 10 machines, but every machine that
+    #: ever joined stays an origin). Past it new origins are refused, except a directly
+    #: linked peer's own, so a member that mints origins cannot lock a new member out.
+    max_origins: int = 32_768
+
+    # -- what one peer may make us spend ----------------------------------------------------
+    #: Origins one peer may claim (in its heads) that we hold nothing of; further claims are
+    #: ignored until its next full heads, so fake claims cost bounded memory.
+    claims_per_peer: int = 16_384
+    #: Requests for origins we hold nothing of, outstanding to one peer at once. Halved each
+    #: time one goes unanswered, grown by one per origin it delivers: a peer that claims and
+    #: never delivers ends up asked one at a time, once per `request_timeout`.
+    new_origin_window: int = 256
+    #: Bytes of notes sent to one peer per serving step; the driver pumps `Node.serve()`
+    #: again after giving its event loop a turn.
+    serve_step: int = 1 * MiB
+    #: Notes queued to be served to one peer; WANTs past it are refused (the asker re-asks
+    #: after `request_timeout`).
+    serve_queue: int = 65_536
 
     # -- engine timers (driven by Node.tick) ---------------------------------------------------
     #: Resend our hello this often until the peer shows it has seen it.
@@ -88,6 +107,10 @@ class Config:
     #: always served.
     local_total_bytes: int = 64 * MiB
 
+    # -- logging -----------------------------------------------------------------------------
+    #: Repeated faults of one kind from one peer are logged once, then summarised this often.
+    fault_summary: float = 60.0
+
     def __post_init__(self) -> None:
         if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst) < 1:
             raise ValueError("burst_messages, dial_slots, dial_attempts, hi_burst: at least 1")
@@ -98,6 +121,9 @@ class Config:
         if self.local_client_bytes < 2 * self.max_frame:
             # a client reading promptly may be charged for a reply or two it already read
             raise ValueError("local_client_bytes must be at least twice max_frame")
+        # an entry of a heads page with its tip is about 80 bytes of CBOR
+        if self.heads_page < 1 or self.heads_page * 128 > self.max_frame:
+            raise ValueError("heads_page must be at least 1 and a page must fit max_frame")
 
 
 DEFAULT = Config()

@@ -154,16 +154,37 @@ class Daemon:
         tick = self.options.config.heartbeat / 2
         feed = watchdog_period()
         next_feed = loop.time()
-        while not self._stop.is_set():
-            now = loop.time()
-            self.node.tick(now)
-            assert self.local is not None
-            self.local.refresh()
-            if feed is not None and now >= next_feed:
-                sd_notify("WATCHDOG=1")
-                next_feed = now + feed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), tick)
+        pump = asyncio.create_task(self._pump(self.node))
+        try:
+            while not self._stop.is_set():
+                now = loop.time()
+                self.node.tick(now)
+                assert self.local is not None
+                self.local.refresh()
+                if feed is not None and now >= next_feed:
+                    sd_notify("WATCHDOG=1")
+                    next_feed = now + feed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), tick)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    @staticmethod
+    async def _pump(node: Node) -> None:
+        """Serve what peers asked for one step at a time, the loop getting a turn between
+        steps (the engine serves one step itself at the end of each batch of frames)."""
+        work = asyncio.Event()
+        node.wake = work.set
+        try:
+            while True:
+                await work.wait()
+                work.clear()
+                while node.serve():
+                    await asyncio.sleep(0)
+        finally:
+            node.wake = None
 
     def _on_link(self, link: Link) -> None:
         assert self.node is not None

@@ -19,6 +19,19 @@ has not acknowledged, sends every peer the full heads every `sync_interval` (a l
 push is then noticed), and asks another peer for a range that made no progress within
 `request_timeout`. A gap in a batch stream (a lost NOTES) is re-asked at once.
 
+Bounded cost. Whatever a peer sends, what it makes us spend is bounded per peer. Heads go out
+in pages of `heads_page` origins (HELLO, then HEADS frames), so however many origins a group
+holds no message outgrows what peers accept; a node holds at most `max_origins` origins. A
+WANT does not send anything itself: it queues a range on that peer's serve queue, and a range
+already queued or sent to that peer is not queued again, unless the peer shows it lost it (a
+gap re-ask names the start of a batch we sent, or it asks again after `request_timeout`). The
+queue is served in steps of `serve_step` bytes per peer: one step at the end of each batch of
+work, the rest when the driver calls `serve()` (it sets `wake` to hear that work waits), so
+its event loop gets a turn between steps. Origins a peer claims that we hold nothing of are
+remembered up to `claims_per_peer`, and asked of it at most `new_origin_window` at a time; a
+claim it does not deliver within `request_timeout` is forgotten and halves that window.
+Repeated faults are logged once per peer through `QuietLog`, then counted.
+
 Inside `with node.batch():` pushes of own notes and verification of received notes are
 coalesced: one signature and one frame for a run of publishes, one verify and one transaction
 for a run of received pushes. A driver wraps each burst of work in it.
@@ -28,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +53,7 @@ from .config import DEFAULT, Config
 from .errors import LocalError, NodeClosed, RemoteProtocolError
 from .identity import GENESIS, SigningKey, note_id
 from .log import AGAIN_PREFIX, Log, Shown, again, kept
+from .quietlog import QuietLog
 from .store import Again, Body, Fork, Note, Row, Store
 
 log = logging.getLogger("zflood.node")
@@ -78,6 +93,12 @@ class Stats:
     signatures: int = 0
     verifies: int = 0
     channels_closed_on_error: int = 0
+    wants_refused: int = 0  # WANTs for ranges already queued or sent to that peer
+    wants_reserved: int = 0  # re-asks served again: the peer showed it lost what we sent
+    wants_overflow: int = 0  # WANTs refused because that peer's serve queue was full
+    origins_refused: int = 0  # new origins refused: max_origins held
+    claims_dropped: int = 0  # claims of unknown origins past a peer's claims_per_peer
+    claims_unanswered: int = 0  # claims asked for and not delivered within request_timeout
 
 
 @dataclass(eq=False)
@@ -97,6 +118,33 @@ class _Peer:
     slow: dict[bytes, float] = field(default_factory=dict)  # origin -> avoid asking until
     hello_at: float | None = None
     sync_at: float | None = None
+    # serving it: origin -> ranges still to send, taken in turn; and how many notes they hold
+    queue: dict[bytes, list[_Range]] = field(default_factory=dict)
+    queued: int = 0
+    sent: dict[bytes, _Sent] = field(default_factory=dict)  # origin -> what it has on its way
+    # pulling from it: origins it claims that we hold nothing of (in order), those of them not
+    # asked yet because the window was full, and those asked
+    claims: dict[bytes, None] = field(default_factory=dict)
+    waiting: dict[bytes, None] = field(default_factory=dict)
+    asking: set[bytes] = field(default_factory=set)
+    window: int = 1  # how many new origins it may be asked for at once
+
+
+@dataclass
+class _Range:
+    pos: int
+    end: int
+    prev: bytes | None = None  # id of the note before pos, once known
+
+
+@dataclass
+class _Sent:
+    """What of one origin went to one peer, so that asking again costs nothing."""
+
+    end: int = 0  # queued or sent up to here
+    at: float | None = None  # when we last took a WANT for it
+    reask: int = -1  # where the last re-ask we served again (or the stream) started
+    starts: deque[int] = field(default_factory=deque)  # starts of batches recently sent
 
 
 @dataclass(eq=False)
@@ -172,6 +220,10 @@ class Node:
         self._closed = False
         # our own notes off the kept chain wait to be published again (see log.py)
         self._healing = bool(self._log.owed(self.id))
+        self._quiet = QuietLog(log, period=config.fault_summary)
+        #: Called (with no argument) when answers wait in a serve queue for `serve()`: a driver
+        #: sets it to schedule a pump on its event loop.
+        self.wake: Callable[[], None] | None = None
 
     # -- the seed's interface ----------------------------------------------------------------
     def subscribe(self, handler: Handler, start: int = 0) -> Callable[[], None]:
@@ -245,7 +297,7 @@ class Node:
         """Start replicating over `channel`."""
         self._check_open()
         peer = _Peer(channel, authenticated=_authenticated(channel), hello_at=self._now,
-                     sync_at=self._now)
+                     sync_at=self._now, window=self.config.new_origin_window)
         self._peers.append(peer)
         self._send_hello(peer)
         channel.on_close(lambda: self._on_close(peer))
@@ -280,16 +332,34 @@ class Node:
                     self._send_hello(peer)
                 if peer.ready and now - sync_at >= c.sync_interval:
                     peer.sync_at = now
-                    self._send(peer, wire.Heads(self._log.counts()))
+                    self._send_pages(peer, self._heads_items(), tips=False, announce=False)
             for origin, req in list(self._requests.items()):
                 if req.progress_at is None:
                     req.progress_at = now
                 elif now - req.progress_at >= c.request_timeout:
-                    log.info("%s: no progress on %s from %s; asking again", self, _h(origin),
-                             _h(req.peer.node))
-                    req.peer.slow[origin] = now + c.request_timeout
+                    peer = req.peer
                     del self._requests[origin]
+                    if origin in peer.asking:
+                        # a claim it did not make good: forget it (its next full heads may
+                        # claim it again) and ask it for fewer new origins at once
+                        self.stats.claims_unanswered += 1
+                        self._quiet.fault(now, "claims not delivered", _h(peer.node),
+                                          "%s: %s claims origins it does not deliver (%s first)",
+                                          self, _h(peer.node), _h(origin))
+                        peer.window = max(1, peer.window // 2)
+                        self._forget_claim(peer, origin)
+                    else:
+                        self._quiet.fault(now, "no progress", _h(peer.node),
+                                          "%s: no progress on %s from %s; asking again", self,
+                                          _h(origin), _h(peer.node), level=logging.INFO)
+                        peer.slow[origin] = now + c.request_timeout
                     self._plan(origin)
+            for peer in list(self._peers):
+                # a request can move to another peer without passing here: recount
+                peer.asking = {o for o in peer.asking if not self._log.count(o)
+                               and (r := self._requests.get(o)) is not None and r.peer is peer}
+                self._refill(peer)
+            self._quiet.flush(now)
 
     def close(self) -> None:
         """Close every channel and the store. Idempotent."""
@@ -303,6 +373,27 @@ class Node:
             peer.channel.close()
         self._peers.clear()
         self._store.close()
+
+    def serve(self, budget: int | None = None) -> bool:
+        """Send each peer up to `budget` bytes (default `serve_step`) of what it asked for;
+        True while more waits. A driver calls this again after its event loop had a turn."""
+        if self._closed:
+            return False
+        step = self.config.serve_step if budget is None else budget
+        for peer in list(self._peers):
+            if peer.queue:
+                self._serve_step(peer, step)
+        return self.serving
+
+    @property
+    def serve_queued(self) -> int:
+        """Notes waiting in serve queues, over all peers."""
+        return sum(peer.queued for peer in self._peers)
+
+    @property
+    def serving(self) -> bool:
+        """Answers wait in a serve queue: `serve()` has work."""
+        return any(peer.queue for peer in self._peers)
 
     # -- more of the public face ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -442,9 +533,11 @@ class Node:
         if isinstance(msg, wire.Notes):
             self._on_notes(peer, msg)
         elif isinstance(msg, wire.Want):
-            self._serve(peer, msg)
+            self._on_want(peer, msg)
         elif isinstance(msg, wire.Heads):
             self._learn(peer, msg.heads)
+            if msg.tips:  # a page following a hello
+                self._compare_tips(peer, msg)
         else:
             gone = peer.links - frozenset(msg.links)
             peer.links = frozenset(msg.links)
@@ -473,7 +566,10 @@ class Node:
             peer.acked = True
         elif not first:
             # It has not got our hello, so it dropped what we sent since: say hello again and
-            # ask again what we asked of it.
+            # ask again what we asked of it; what we sent it is no longer on its way.
+            for origin in list(peer.queue):
+                self._unqueue(peer, origin)
+            peer.sent.clear()
             self._send_hello(peer)
             for origin, req in list(self._requests.items()):
                 if req.peer is peer:
@@ -482,6 +578,9 @@ class Node:
         self._learn(peer, msg.heads)
         self._compare_tips(peer, msg)
         if first:
+            # the rest of our heads, now that it will read them
+            self._send_pages(peer, self._heads_items()[self.config.heads_page:], tips=True,
+                             announce=True)
             self._links_changed = True
             self._unpushed = True
             if msg.node in self._log.forked:  # notes of its own it may need to publish again
@@ -492,7 +591,7 @@ class Node:
                 if origin != self.id:
                     self._announce_to(peer, origin)
 
-    def _compare_tips(self, peer: _Peer, msg: wire.Hello) -> None:
+    def _compare_tips(self, peer: _Peer, msg: wire.Hello | wire.Heads) -> None:
         """A peer whose chain of an origin ends differently from ours at the same seqno holds
         a fork; ask it for that note, whose signed answer is the proof."""
         for origin, tip in msg.tips.items():
@@ -507,13 +606,49 @@ class Node:
     def _learn(self, peer: _Peer, heads: dict[bytes, int]) -> None:
         forked = self._log.forked
         for origin, count in heads.items():
+            held = self._log.count(origin)
+            if not held and count > 0 and origin not in peer.claims:
+                if len(peer.claims) >= self.config.claims_per_peer:
+                    self.stats.claims_dropped += 1
+                    self._fault("too many claims", peer, "%s: %s claims more than %d origins we "
+                                "lack; ignoring the rest", self, _h(peer.node),
+                                self.config.claims_per_peer)
+                    continue
+                if not self._room_for(origin, peer):
+                    continue
+                peer.claims[origin] = None
             # a peer's count of a forked origin may go down: it took the other branch
             if count > peer.heads.get(origin, 0) or origin in forked:
                 peer.heads[origin] = count
-            if count > self._log.count(origin):
+            if count > held:
                 self._plan(origin)
 
+    def _room_for(self, origin: bytes, peer: _Peer) -> bool:
+        """May we take up a new origin from `peer`? Past max_origins only a linked peer's own
+        (so a member that minted origins cannot lock out a new one) and our own."""
+        if (self._store.origins_held < self.config.max_origins or origin == peer.node
+                or origin == self.id):
+            return True
+        self.stats.origins_refused += 1
+        self._fault("origins refused", peer, "%s: holding %d origins; refusing new ones from %s",
+                    self, self._store.origins_held, _h(peer.node))
+        return False
+
+    def _forget_claim(self, peer: _Peer, origin: bytes) -> None:
+        peer.claims.pop(origin, None)
+        peer.waiting.pop(origin, None)
+        peer.asking.discard(origin)
+        peer.slow.pop(origin, None)
+        if not self._log.count(origin):
+            peer.heads.pop(origin, None)
+
+    def _fault(self, kind: str, peer: _Peer, message: str, *args: object) -> None:
+        # QuietLog wants a time; before the first tick there is none yet, and 0 will do
+        self._quiet.fault(self._now or 0.0, kind, _h(peer.node), message, *args)
+
     def _on_notes(self, peer: _Peer, msg: wire.Notes) -> None:
+        if not self._log.count(msg.origin) and not self._room_for(msg.origin, peer):
+            return
         self.stats.bodies_in += len(msg.bodies)
         if msg.end > peer.heads.get(msg.origin, 0):
             peer.heads[msg.origin] = msg.end
@@ -722,7 +857,17 @@ class Node:
         req = self._requests.get(origin)
         if req is not None and req.peer is peer:
             req.progress_at = self._now
+        if origin in peer.asking:  # a new origin delivered: it may be asked for one more
+            peer.window = min(peer.window + 1, self.config.new_origin_window)
+        for p in self._peers:
+            if origin in p.claims:
+                del p.claims[origin]
+                p.waiting.pop(origin, None)
+                p.asking.discard(origin)
         self._plan(origin)
+        for p in list(self._peers):
+            if p.waiting:
+                self._refill(p)
 
     # -- pulling -------------------------------------------------------------------------------
     def _plan(self, origin: bytes) -> None:
@@ -735,7 +880,8 @@ class Node:
                 del self._requests[origin]
             else:
                 theirs = req.peer.heads.get(origin, 0)
-                if req.end - have <= window // 2 and theirs > req.end:
+                # (a new origin is not asked further before it delivered anything)
+                if req.end - have <= window // 2 and theirs > req.end and have:
                     end = min(theirs, have + window)
                     self._send(req.peer, wire.Want(origin, req.end, end))
                     req.end = end
@@ -753,25 +899,117 @@ class Node:
                 best, best_key = p, key
         if best is None:
             return
+        if not have:
+            # a new origin: at most `window` of them asked of one peer at a time, in turn
+            if len(best.asking) >= best.window:
+                best.waiting[origin] = None
+                return
+            best.waiting.pop(origin, None)
+            best.asking.add(origin)
         end = min(best.heads[origin], have + window)
         self._requests[origin] = _Request(best, have, end, now)
         self._send(best, wire.Want(origin, have, end))
 
+    def _refill(self, peer: _Peer) -> None:
+        """Ask `peer` for the new origins that waited for room in its window."""
+        while peer.waiting and len(peer.asking) < peer.window and not peer.closed:
+            origin = next(iter(peer.waiting))
+            del peer.waiting[origin]
+            if origin not in self._requests:
+                self._plan(origin)
+
     # -- serving -------------------------------------------------------------------------------
-    def _serve(self, peer: _Peer, want: wire.Want) -> None:
+    def _on_want(self, peer: _Peer, want: wire.Want) -> None:
+        """Queue what `peer` asks for, minus what is queued or on its way to it already."""
+        c = self.config
         origin = want.origin
         have = self._log.count(origin)
-        limit = self.config.batch_notes * self.config.window_batches
-        end = min(want.end, have, want.start + limit)
-        pos = want.start
-        if pos >= end:
+        start = want.start
+        end = min(want.end, have, start + c.batch_notes * c.window_batches)
+        if start >= end:
             self._send(peer, wire.Heads({origin: have}))  # we lack it: it will ask elsewhere
             return
-        for batch in self._batches(origin, pos, end, have):
-            self._send(peer, batch)
-            pos = batch.start + len(batch.bodies)
-        if pos > peer.heads.get(origin, 0):
-            peer.heads[origin] = pos
+        sent = peer.sent.get(origin)
+        if sent is None:
+            sent = peer.sent[origin] = _Sent(starts=deque(maxlen=4 * c.window_batches))
+        now = self._now
+        if start < sent.end:
+            # It asks again for what is queued or was sent. Honest reasons: a batch was lost
+            # and it re-asks at once from that batch's start (gap: a later batch arrived, so
+            # never the stream's first, and each such start once), or nothing arrived for
+            # request_timeout (then it asks again from where it is).
+            gap = start > sent.reask and start in sent.starts
+            quiet = now is not None and sent.at is not None and (
+                now - sent.at >= c.request_timeout)
+            if gap or quiet:
+                self.stats.wants_reserved += 1
+                self._unqueue(peer, origin)
+                sent.reask = start
+                sent.starts.clear()
+                sent.end = start
+            elif end <= sent.end:
+                self.stats.wants_refused += 1
+                self._fault("wants again", peer, "%s: %s asks again for notes on their way "
+                            "to it; not serving them twice", self, _h(peer.node))
+                return
+            else:
+                start = sent.end  # only the part not on its way yet
+        elif start > sent.end or sent.end == 0:
+            sent.reask = start  # a new stream: its first batch cannot be a gap's
+        if peer.queued + end - start > c.serve_queue:
+            self.stats.wants_overflow += 1
+            self._fault("serve queue full", peer, "%s: %s asks for more than %d notes at once; "
+                        "refusing the rest", self, _h(peer.node), c.serve_queue)
+            return
+        ranges = peer.queue.get(origin)
+        if ranges is None:
+            peer.queue[origin] = [_Range(start, end)]
+        elif ranges[-1].end == start:
+            ranges[-1].end = end
+        else:
+            ranges.append(_Range(start, end))
+        peer.queued += end - start
+        sent.end = max(sent.end, end)
+        sent.at = now
+
+    def _unqueue(self, peer: _Peer, origin: bytes) -> None:
+        for r in peer.queue.pop(origin, ()):
+            peer.queued -= max(0, r.end - r.pos)
+
+    def _serve_step(self, peer: _Peer, budget: int) -> None:
+        """Send `peer` queued batches, origins in turn, until `budget` bytes went out."""
+        spent = 0
+        try:
+            while peer.queue and spent < budget and not peer.closed:
+                origin = next(iter(peer.queue))
+                ranges = peer.queue[origin]
+                r = ranges[0]
+                have = self._log.count(origin)
+                end = min(r.end, have)
+                if r.pos < end:
+                    prev = r.prev if r.prev is not None else self._id_at(origin, r.pos - 1, have)
+                    bodies, sig, last = self._cut(origin, r.pos, end, have)
+                    frame = wire.encode(wire.Notes(origin, r.pos, prev, tuple(bodies), sig))
+                    self._send_frame(peer, frame)
+                    spent += len(frame)
+                    sent = peer.sent.get(origin)
+                    if sent is not None:
+                        sent.starts.append(r.pos)
+                        sent.end = max(sent.end, r.pos + len(bodies))
+                    peer.queued -= min(len(bodies), r.end - r.pos)
+                    r.pos += len(bodies)  # may pass r.end: a relayed batch ends on a signature
+                    r.prev = last
+                    if r.pos > peer.heads.get(origin, 0):
+                        peer.heads[origin] = r.pos
+                del peer.queue[origin]
+                if r.pos >= end:
+                    peer.queued -= max(0, r.end - r.pos)
+                    ranges.pop(0)
+                if ranges:
+                    peer.queue[origin] = ranges  # to the back: origins take turns
+        except Exception:  # a store that fails to read must not take the driver down
+            log.exception("%s: error serving %s", self, _h(peer.node))
+            self._drop(peer, "internal error while serving")
 
     def _batches(self, origin: bytes, start: int, end: int, have: int) -> Iterator[wire.Notes]:
         """`origin`'s notes from `start` as signed batches, until `end` or the first
@@ -833,6 +1071,9 @@ class Node:
                 continue
             theirs = peer.heads.get(origin, 0)
             if theirs >= have:
+                continue
+            if origin in peer.queue:  # a serve of ours is on its way to it: that goes first
+                self._announce_to(peer, origin)
                 continue
             # A peer still pulling what our hello offered, or far behind, gets an
             # announcement: a push would overlap its pull or not fit a frame.
@@ -899,7 +1140,14 @@ class Node:
                     self._send(peer, links)
         pending, self._pending_heads = self._pending_heads, {}
         for peer, heads in pending.items():
-            self._send(peer, wire.Heads(heads))
+            self._send_pages(peer, list(heads.items()), tips=False, announce=False)
+        waiting = False
+        for peer in list(self._peers):
+            if peer.queue:
+                self._serve_step(peer, self.config.serve_step)
+                waiting = waiting or bool(peer.queue)
+        if waiting and self.wake is not None:
+            self.wake()
 
     # -- channel plumbing ----------------------------------------------------------------------
     def _linked(self) -> tuple[bytes, ...]:
@@ -907,11 +1155,35 @@ class Node:
 
     def _send_hello(self, peer: _Peer) -> None:
         peer.hello_at = self._now
-        counts = self._log.counts()
-        peer.announced = dict(counts)
-        hello = wire.Hello(wire.VERSION, self.group, self.id, counts, self._log.tips(),
+        items = self._heads_items()
+        peer.announced = dict(items)
+        page = self.config.heads_page
+        first = dict(items[:page])
+        hello = wire.Hello(wire.VERSION, self.group, self.id, first,
+                           {origin: self._log.head(origin) for origin in first},
                            self._linked(), peer.ready)
         self._send(peer, hello)
+        if peer.ready:  # else the rest follows its hello: before that it would drop them
+            self._send_pages(peer, items[page:], tips=True, announce=True)
+
+    def _heads_items(self) -> list[tuple[bytes, int]]:
+        """Our heads, our own origin first (so a hello's first page always carries it)."""
+        counts = self._log.counts()
+        own = counts.pop(self.id, None)
+        items = list(counts.items())
+        return items if own is None else [(self.id, own), *items]
+
+    def _send_pages(self, peer: _Peer, items: list[tuple[bytes, int]], *, tips: bool,
+                    announce: bool) -> None:
+        """`items` as HEADS frames of at most `heads_page` origins each; with `tips` they
+        carry each origin's last id too (what a hello carries, for fork checks)."""
+        page = self.config.heads_page
+        for i in range(0, len(items), page):
+            heads = dict(items[i:i + page])
+            if announce:
+                peer.announced.update(heads)
+            self._send(peer, wire.Heads(
+                heads, {origin: self._log.head(origin) for origin in heads} if tips else {}))
 
     def _send(self, peer: _Peer, msg: wire.Message) -> None:
         if not peer.closed:
@@ -942,6 +1214,8 @@ class Node:
         for key in [k for k in self._runs if k[0] is peer]:
             del self._runs[key]
         self._pending_heads.pop(peer, None)
+        peer.queue.clear()
+        peer.queued = 0
         if self._closed:
             return
         with self.batch():

@@ -12,6 +12,10 @@ Like trio's fake network, it is public so that anyone can test an engine without
 Each direction of a link keeps order (a frame never overtakes an earlier one), as ZeroMQ does;
 loss and `down` drop frames without closing, as ZeroMQ does around reconnects; `close()` closes
 both ends. Nothing here reads a real clock.
+
+An engine that has answers waiting in its serve queue (`serving`) is pumped (`serve()`) by
+an event at the current time, after the events already due: as a daemon's loop does, other
+work runs between serving steps.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class Sim:
         self.nodes: list[SimNode] = []
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
+        self._pumping: set[int] = set()  # id() of nodes with a serve step scheduled
 
     def at(self, when: float, callback: Callable[[], None]) -> None:
         self._seq += 1
@@ -190,13 +195,27 @@ class Sim:
         for link in self.links:
             link.down = False
 
+    def _wake(self) -> None:
+        """Schedule a serve step for each node that has answers waiting."""
+        for node in self.nodes:
+            if getattr(node, "serving", False) and id(node) not in self._pumping:
+                self._pumping.add(id(node))
+                self.at(self.now, lambda node=node: self._pump(node))  # type: ignore[misc]
+
+    def _pump(self, node: SimNode) -> None:
+        self._pumping.discard(id(node))
+        if any(n is node for n in self.nodes):
+            node.serve()  # type: ignore[attr-defined]
+
     def run_until_quiescent(self, max_events: int = 10_000_000) -> int:
         """Run events until none is left; returns how many ran."""
         ran = 0
+        self._wake()
         while self._queue:
             when, _, callback = heapq.heappop(self._queue)
             self.now = when
             callback()
+            self._wake()
             ran += 1
             if ran >= max_events:
                 raise RuntimeError(f"not quiescent after {max_events} events (seed {self.seed})")
@@ -220,6 +239,7 @@ class Sim:
                 _, _, callback = heapq.heappop(self._queue)
                 self.now = when
                 callback()
+            self._wake()
         self.now = end
 
     def run_until(

@@ -252,6 +252,11 @@ class Store:
         span = self._spans.get(self._origin_no.get(origin, -1))
         return None if span is None else span.last_id
 
+    @property
+    def origins_held(self) -> int:
+        """How many origins have at least one note held."""
+        return len(self._spans)
+
     def counts(self) -> dict[bytes, int]:
         """For every origin held: how many of its notes."""
         return {self._origins[no]: s.last + 1 for no, s in self._spans.items()}

@@ -6,14 +6,17 @@ else becomes one `RemoteProtocolError` raised from one place (`decode`). Oversiz
 refused before any parsing. The limits come from `Config`.
 
     HELLO  [0, version, group, node, heads, tips, links, seen]  first frame on a channel
-    HEADS  [1, heads]                                  "I now hold these counts"
+    HEADS  [1, heads, tips]                            "I now hold these counts"
     LINKS  [2, links]                                  "I am linked to these origins"
     WANT   [3, origin, start, end]                     "send me notes [start, end)"
     NOTES  [4, origin, start, prev, bodies, sig]       notes start.., sig closes the last
 
 `heads` maps an origin id to how many of its notes the sender holds (a count, so the next
 seqno); `tips` maps it to the id of the last one, so two chains that forked are noticed even
-at equal length. `prev` is the id of the note before `start`: with it a batch proves itself,
+at equal length. Heads and tips are paged: a HELLO carries at most `heads_page` origins and
+HEADS frames carry the rest (with their tips, right after a hello; without, as later
+announcements), so no message outgrows the limit every receiver enforces, however many
+origins a group holds. `prev` is the id of the note before `start`: with it a batch proves itself,
 and a validly signed batch that does not continue our chain is a fork, not a forgery. `sig`
 is the origin's signature of the last note's id, which vouches for the whole chain.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
@@ -31,7 +34,7 @@ from .config import DEFAULT, Config
 from .errors import RemoteProtocolError
 from .identity import GROUP_ID_SIZE, ID_SIZE, SIG_SIZE
 
-VERSION = 1
+VERSION = 2  # 2: heads paged, HEADS carries tips
 MAX_SEQNO = 2**62  # far beyond any log; keeps every count a small CBOR integer
 #: An origin publishes a body again after a fork wrapped in at most this many bytes more
 #: (log.again), so a peer takes a body of max_body published again.
@@ -54,10 +57,17 @@ def _is_id(v: object) -> bool:
 
 
 def _heads(v: object, limit: int) -> dict[bytes, int]:
-    _check(type(v) is dict and len(v) <= limit, "heads must be a map of at most max_origins")
+    _check(type(v) is dict and len(v) <= limit, "heads must be a map of at most heads_page")
     assert isinstance(v, dict)
     for origin, count in v.items():
         _check(_is_id(origin) and _is_int(count), "heads must map 32-byte ids to counts")
+    return v
+
+
+def _tips(v: object, limit: int) -> dict[bytes, bytes]:
+    _check(type(v) is dict and len(v) <= limit, "tips must be a map of at most heads_page")
+    assert isinstance(v, dict)
+    _check(all(_is_id(k) and _is_id(t) for k, t in v.items()), "tips map ids to ids")
     return v
 
 
@@ -94,9 +104,10 @@ class Hello:
 class Heads:
     TYPE: ClassVar[int] = 1
     heads: dict[bytes, int]
+    tips: dict[bytes, bytes] = field(default_factory=dict)  # for some of those origins
 
     def fields(self) -> list[Any]:
-        return [self.heads]
+        return [self.heads, self.tips]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,21 +193,19 @@ def decode(frame: bytes, config: Config = DEFAULT) -> Message:
 
 def _parse_hello(a: list[Any], c: Config) -> Hello:
     _check(len(a) == 7, "HELLO takes 7 fields")
-    tips = a[4]
-    _check(type(tips) is dict and len(tips) <= c.max_origins, "tips must be a map")
-    _check(all(_is_id(k) and _is_id(v) for k, v in tips.items()), "tips map ids to ids")
-    heads = _heads(a[3], c.max_origins)
-    return Hello(a[0], a[1], a[2], heads, tips, _links(a[5], c.max_origins), a[6])
+    heads = _heads(a[3], c.heads_page)
+    return Hello(a[0], a[1], a[2], heads, _tips(a[4], c.heads_page), _links(a[5], c.heads_page),
+                 a[6])
 
 
 def _parse_heads(a: list[Any], c: Config) -> Heads:
-    _check(len(a) == 1, "HEADS takes 1 field")
-    return Heads(_heads(a[0], c.max_origins))
+    _check(len(a) == 2, "HEADS takes 2 fields")
+    return Heads(_heads(a[0], c.heads_page), _tips(a[1], c.heads_page))
 
 
 def _parse_links(a: list[Any], c: Config) -> Links:
     _check(len(a) == 1, "LINKS takes 1 field")
-    return Links(_links(a[0], c.max_origins))
+    return Links(_links(a[0], c.heads_page))
 
 
 def _parse_want(a: list[Any], c: Config) -> Want:
