@@ -27,7 +27,7 @@ class Config:
     window_batches: int = 8
     #: Most origins one HELLO or HEADS lists: longer heads go out as several pages, so no
     #: message ever outgrows what a peer accepts.
-    heads_page: int = 1024
+    heads_page: int = 4096
     #: Most origins a node holds (a group is 2 to about 10 machines, but every machine that
     #: ever joined stays an origin). Past it new origins are refused, except a directly
     #: linked peer's own, so a member that mints origins cannot lock a new member out.
