@@ -141,10 +141,12 @@ class _Range:
 class _Sent:
     """What of one origin went to one peer, so that asking again costs nothing."""
 
-    end: int = 0  # queued or sent up to here
+    begin: int = 0  # queued or sent from here (where it first asked from)...
+    end: int = 0  # ... up to here
     at: float | None = None  # when we last took a WANT for it
     reask: int = -1  # where the last re-ask we served again (or the stream) started
     starts: deque[int] = field(default_factory=deque)  # starts of batches recently sent
+    walked_at: float | None = None  # when it last walked back along a forked chain
 
 
 @dataclass(eq=False)
@@ -933,7 +935,18 @@ class Node:
         if sent is None:
             sent = peer.sent[origin] = _Sent(starts=deque(maxlen=4 * c.window_batches))
         now = self._now
-        if start < sent.end:
+        below = sent.end and end <= sent.begin
+        if below and origin in self._log.forked and (
+                now is None or sent.walked_at is None or now - sent.walked_at >= c.request_timeout):
+            # Notes before all we sent: it walks back along a chain of a forked origin that
+            # differs from ours. Once it links up it asks again for what it turned down, so
+            # what we sent no longer counts (once a request_timeout: a walk costs a request).
+            self._unqueue(peer, origin)
+            sent = peer.sent[origin] = _Sent(starts=sent.starts, walked_at=now)
+            sent.starts.clear()
+        elif below:
+            sent.begin = start  # never sent: serve it, and count it as sent from here
+        elif start < sent.end:
             # It asks again for what is queued or was sent. Honest reasons: a batch was lost
             # and it re-asks at once from that batch's start (gap: a later batch arrived, so
             # never the stream's first, and each such start once), or nothing arrived for
@@ -955,7 +968,7 @@ class Node:
             else:
                 start = sent.end  # only the part not on its way yet
         elif start > sent.end or sent.end == 0:
-            sent.reask = start  # a new stream: its first batch cannot be a gap's
+            sent.reask = sent.begin = start  # a new stream: its first batch cannot be a gap's
         if peer.queued + end - start > c.serve_queue:
             self.stats.wants_overflow += 1
             self._fault("serve queue full", peer, "%s: %s asks for more than %d notes at once; "
@@ -969,7 +982,8 @@ class Node:
         else:
             ranges.append(_Range(start, end))
         peer.queued += end - start
-        sent.end = max(sent.end, end)
+        if not below:
+            sent.end = max(sent.end, end)
         sent.at = now
 
     def _unqueue(self, peer: _Peer, origin: bytes) -> None:
