@@ -936,7 +936,7 @@ class Node:
             sent = peer.sent[origin] = _Sent(starts=deque(maxlen=4 * c.window_batches))
         now = self._now
         below = sent.end and end <= sent.begin
-        if below and origin in self._log.forked and (
+        if below and any(fork.origin == origin for fork in self._store.forks()) and (
                 now is None or sent.walked_at is None or now - sent.walked_at >= c.request_timeout):
             # Notes before all we sent: it walks back along a chain of a forked origin that
             # differs from ours. Once it links up it asks again for what it turned down, so
