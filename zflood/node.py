@@ -761,6 +761,7 @@ class Node:
             new = self._log.keep_lost(origin, seqno, ids[k:], bodies[k:], sig)
             if peer.heads.get(origin, 0) > seqno:
                 peer.heads[origin] = seqno
+            peer.sent.pop(origin, None)  # it will ask for ours from the split: serve it
             if (origin, seqno) not in peer.shown:
                 peer.shown.add((origin, seqno))
                 have = self._log.count(origin)
@@ -777,6 +778,9 @@ class Node:
         rows: list[Row] = [(ids[i], None, bodies[i]) for i in range(k, len(bodies))]
         rows[-1] = (rows[-1][0], sig, rows[-1][2])
         first_index, shown = self._log.replace(origin, seqno, rows)
+        for other in self._peers:  # what was queued or sent to anyone was of the old chain
+            self._unqueue(other, origin)
+            other.sent.pop(origin, None)
         self.stats.accepted += len(rows)
         self._deliver_rows(origin, seqno, rows, first_index, shown)
         for other in self._peers:
@@ -936,7 +940,7 @@ class Node:
             sent = peer.sent[origin] = _Sent(starts=deque(maxlen=4 * c.window_batches))
         now = self._now
         below = sent.end and end <= sent.begin
-        if below and any(fork.origin == origin for fork in self._store.forks()) and (
+        if below and origin in self._log.forked and (
                 now is None or sent.walked_at is None or now - sent.walked_at >= c.request_timeout):
             # Notes before all we sent: it walks back along a chain of a forked origin that
             # differs from ours. Once it links up it asks again for what it turned down, so
