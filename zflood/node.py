@@ -940,11 +940,12 @@ class Node:
             sent = peer.sent[origin] = _Sent(starts=deque(maxlen=4 * c.window_batches))
         now = self._now
         below = sent.end and end <= sent.begin
-        if below and origin in self._log.forked and (
+        if below and (
                 now is None or sent.walked_at is None or now - sent.walked_at >= c.request_timeout):
-            # Notes before all we sent: it walks back along a chain of a forked origin that
-            # differs from ours. Once it links up it asks again for what it turned down, so
-            # what we sent no longer counts (once a request_timeout: a walk costs a request).
+            # Notes before all we sent: it walks back along a chain that differs from ours
+            # (the origin forked; we may not know it yet). Once it links up it asks again for
+            # what it turned down, so what we sent no longer counts (once a request_timeout,
+            # as for a re-ask after silence).
             self._unqueue(peer, origin)
             sent = peer.sent[origin] = _Sent(starts=sent.starts, walked_at=now)
             sent.starts.clear()
@@ -986,9 +987,9 @@ class Node:
         else:
             ranges.append(_Range(start, end))
         peer.queued += end - start
-        if not below:
+        if not below:  # (a walk back is no progress on what it asked before)
             sent.end = max(sent.end, end)
-        sent.at = now
+            sent.at = now
 
     def _unqueue(self, peer: _Peer, origin: bytes) -> None:
         for r in peer.queue.pop(origin, ()):
