@@ -25,7 +25,7 @@ from zmq.utils.garbage import GarbageCollectorThread
 from zflood import local
 from zflood.config import DEFAULT, Config, MiB
 from zflood.errors import LocalError
-from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints, protocol
+from zflood.local import Client, DaemonUnavailable, LocalAPI, ipc_endpoints
 from zflood.local import client as client_module
 from zflood.node import Node
 from zflood.store import Note
@@ -264,9 +264,9 @@ def test_read_paginates_by_local_index(daemon: Daemon, client: Client) -> None:
 
 
 def test_read_caps_its_limit(daemon: Daemon, client: Client) -> None:
-    daemon.call(lambda: daemon.node.publish_many(["x"] * (local.READ_LIMIT + 5)))
-    notes, nxt = client.read(0, 10 * local.READ_LIMIT)
-    assert len(notes) == local.READ_LIMIT and nxt == local.READ_LIMIT
+    daemon.call(lambda: daemon.node.publish_many(["x"] * (DEFAULT.local_read_limit + 5)))
+    notes, nxt = client.read(0, 10 * DEFAULT.local_read_limit)
+    assert len(notes) == DEFAULT.local_read_limit and nxt == DEFAULT.local_read_limit
 
 
 @pytest.mark.parametrize(
@@ -461,14 +461,13 @@ def test_follow_yields_history_then_live_notes_each_once_in_order(
     ids=["small", "small, live meanwhile", "large", "large, live meanwhile"],
 )
 def test_follow_reads_a_long_history_without_waiting_for_its_timer(
-    daemon: Daemon, client: Client, monkeypatch: pytest.MonkeyPatch, history: int, size: int,
-    live: int,
+    daemon: Daemon, history: int, size: int, live: int
 ) -> None:
     """Many pages of history (of large notes: pages cut short by the reply's byte budget),
     alone or with live notes arriving during the catch-up, come out each once, in order. The
     resync timer is set far beyond the test's bound: a follower that waited for it between
     pages fails."""
-    monkeypatch.setattr(protocol, "RESYNC", 60.0)
+    client = daemon.client(config=Config(local_resync=60.0))
     bodies: list[str | bytes] = [f"h{i} {'x' * size}" for i in range(history)]
     for i in range(0, history, 5000):
         chunk = bodies[i : i + 5000]
@@ -499,6 +498,7 @@ def test_follow_reads_a_long_history_without_waiting_for_its_timer(
     finally:
         started.set()
         thread.join(WAIT)
+        client.close()
     assert not thread.is_alive() and not errors
     assert got == [f"h{i}" for i in range(history)] + [f"l{i}" for i in range(live)]
 
@@ -506,7 +506,7 @@ def test_follow_reads_a_long_history_without_waiting_for_its_timer(
 def test_a_follower_and_its_clients_own_requests_do_not_take_each_others_replies(
     daemon: Daemon, client: Client
 ) -> None:
-    daemon.call(lambda: daemon.node.publish_many(["h"] * (3 * local.READ_LIMIT)))
+    daemon.call(lambda: daemon.node.publish_many(["h"] * (3 * DEFAULT.local_read_limit)))
     got = []
     for note in client.follow(0, timeout=WAIT):
         got.append(note["index"])
@@ -514,9 +514,9 @@ def test_a_follower_and_its_clients_own_requests_do_not_take_each_others_replies
             assert client.status() == {"count": daemon.call(lambda: daemon.node.count)}
         if note["index"] < 10:
             client.publish("more")
-        if len(got) == 3 * local.READ_LIMIT + 10:
+        if len(got) == 3 * DEFAULT.local_read_limit + 10:
             break
-    assert got == list(range(3 * local.READ_LIMIT + 10))
+    assert got == list(range(3 * DEFAULT.local_read_limit + 10))
 
 
 def test_follow_from_the_end_sees_only_new_notes_and_times_out_when_idle(
@@ -544,13 +544,11 @@ class Lossy(LocalAPI):
             super()._on_note(note)
 
 
-def test_follow_fills_what_pub_dropped_from_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(protocol, "RESYNC", 0.05)  # the tail drop is found by the idle check
+def test_follow_fills_what_pub_dropped_from_the_store(tmp_path: Path) -> None:
     d = Daemon(tmp_path, Lossy)
     try:
-        with d.client() as c:
+        # the tail drop is found by the idle check
+        with d.client(config=Config(local_resync=0.05)) as c:
             follower = c.follow(0, timeout=WAIT)
             first = d.publish("n0")
             assert next(follower) == local.note_map(first)
@@ -566,9 +564,6 @@ def test_follow_fills_what_pub_dropped_from_the_store(
 def test_follow_survives_a_real_pub_overflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(protocol, "PUB_SNDHWM", 1)
-    monkeypatch.setattr(protocol, "SUB_RCVHWM", 1)
-    monkeypatch.setattr(protocol, "RESYNC", 0.05)
     reads: list[int] = []  # notes in each read reply the follower took
     read_reply = client_module._read_reply
 
@@ -578,10 +573,10 @@ def test_follow_survives_a_real_pub_overflow(
         return taken
 
     monkeypatch.setattr(client_module, "_read_reply", counted)
-    d = Daemon(tmp_path)
+    d = Daemon(tmp_path, config=Config(local_pub_hwm=1))
     total = 20_001
     try:
-        with d.client() as c:
+        with d.client(config=Config(local_sub_hwm=1, local_resync=0.05)) as c:
             follower = c.follow(0, timeout=WAIT)
             d.publish("first")
             assert next(follower)["index"] == 0
@@ -707,13 +702,11 @@ class LossyChat(LocalAPI):
             super()._on_note(note)
 
 
-def test_follow_with_an_app_fills_what_pub_dropped_from_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(protocol, "RESYNC", 0.05)  # the tail drop is found by the idle check
+def test_follow_with_an_app_fills_what_pub_dropped_from_the_store(tmp_path: Path) -> None:
     d = Daemon(tmp_path, LossyChat)
     try:
-        with d.client() as c:
+        # the tail drop is found by the idle check
+        with d.client(config=Config(local_resync=0.05)) as c:
             follower = c.follow(0, app="chat", timeout=WAIT)
             d.publish(app_body("chat", n=0))
             assert cbor2.loads(next(follower)["body"]) == {"app": "chat", "n": 0}

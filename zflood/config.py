@@ -100,6 +100,27 @@ class Config:
     max_resolving: int = 32
 
     # -- local API -----------------------------------------------------------------------------
+    #: Most notes a "read" returns at once, whatever limit is asked (and about max_frame).
+    local_read_limit: int = 1000
+    #: Most requests handled in one burst, so a flood of requests cannot starve the loop.
+    local_burst: int = 1000
+    #: Notes queued towards one PUB subscriber before ZeroMQ drops (readers repair from the
+    #: store).
+    local_pub_hwm: int = 10_000
+    #: Largest message a PUB subscriber may send: it sends only subscriptions.
+    local_pub_maxmsgsize: int = 4096
+    #: Notes a follower's SUB buffers; it reads the store for whatever PUB dropped.
+    local_sub_hwm: int = 10_000
+    #: An idle follower reads the store this often, to catch notes PUB dropped at a burst's
+    #: tail.
+    local_resync: float = 1.0
+    #: Live notes a follower holds while it reads a gap from the store; more are read again.
+    local_max_ahead: int = 10_000
+    #: Reads a follower keeps in flight while it is behind the store.
+    local_reads_ahead: int = 2
+    #: Replies this large are tracked until ZeroMQ lets them go (smaller ones are copied, and
+    #: bounded by count: a copy costs less than the tracking).
+    local_track_from: int = 4096
     #: Reply bytes ZeroMQ may still hold for one local client; while it holds more (the client
     #: does not read), that client's requests are dropped unanswered.
     local_client_bytes: int = 8 * MiB
@@ -118,6 +139,8 @@ class Config:
             raise ValueError("batch_notes and window_batches must be at least 1")
         if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:
             raise ValueError("max_frame must hold a full batch plus one largest note")
+        if self.local_read_limit < 1 or self.local_reads_ahead < 1:
+            raise ValueError("local_read_limit and local_reads_ahead must be at least 1")
         if self.local_client_bytes < 2 * self.max_frame:
             # a client reading promptly may be charged for a reply or two it already read
             raise ValueError("local_client_bytes must be at least twice max_frame")

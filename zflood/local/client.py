@@ -10,7 +10,7 @@ reads the store from `start` until caught up, then takes live notes in index ord
 past the next expected index means PUB dropped some: they are read from the store first. A live
 note below it is a duplicate of what was read. Drops at the end of a burst, and notes sent
 before the subscription took effect, leave no later note to reveal them, so an idle follower
-also reads the store every `protocol.RESYNC` seconds.
+also reads the store every `local_resync` seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from types import TracebackType
 import cbor2
 import zmq
 
-from ..config import DEFAULT
+from ..config import DEFAULT, Config
 from ..errors import LocalError
 from . import protocol
 from .protocol import Map, decode, live_note, node_id
@@ -40,12 +40,14 @@ class Client:
 
     Not thread-safe: use one per thread."""
 
-    def __init__(self, control: str, pub: str | None = None, *, timeout: float = 5.0) -> None:
+    def __init__(self, control: str, pub: str | None = None, *, timeout: float = 5.0,
+                 config: Config = DEFAULT) -> None:
         if pub is None and control.startswith("ipc://") and control.endswith("/control.sock"):
             pub = control[: -len("control.sock")] + "pub.sock"  # the daemon's default layout
         self.control = control
         self.pub = pub
         self.timeout = timeout
+        self.config = config  # the daemon's limits (max_frame) and the follower's (local_*)
         self._ctx = zmq.Context()
         self._dealer: zmq.Socket[bytes] | None = None
         self._subs: set[zmq.Socket[bytes]] = set()
@@ -68,10 +70,12 @@ class Client:
         """Undo `cut(node)`: the daemon links with `node` again when it can."""
         self._request({"op": "link", "node": node_id(node), "up": True})
 
-    def read(self, start: int = 0, limit: int = protocol.READ_LIMIT, *,
+    def read(self, start: int = 0, limit: int | None = None, *,
              app: str | None = None) -> tuple[list[Map], int]:
         """Held notes from local index `start`, at most `limit` (of `app` alone, if given):
         (notes, next index to read from)."""
+        if limit is None:
+            limit = self.config.local_read_limit
         req: Map = {"op": "read", "start": start, "limit": limit}
         if app is not None:
             req["app"] = app
@@ -92,7 +96,7 @@ class Client:
         self._subs.update((sub, dealer))
         try:
             sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.RCVHWM, protocol.SUB_RCVHWM)
+            sub.setsockopt(zmq.RCVHWM, self.config.local_sub_hwm)
             sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(app))
             sub.connect(self.pub)
             dealer.setsockopt(zmq.LINGER, 0)
@@ -122,9 +126,9 @@ class Client:
         """A request with a fresh id: (id, CBOR)."""
         rid = req["id"] = next(self._ids)
         data = cbor2.dumps(req)
-        if len(data) > DEFAULT.max_frame:
+        if len(data) > self.config.max_frame:
             # the daemon's MAXMSGSIZE would cut the connection without an answer
-            raise LocalError(f"request of {len(data)} bytes exceeds {DEFAULT.max_frame}")
+            raise LocalError(f"request of {len(data)} bytes exceeds {self.config.max_frame}")
         return rid, data
 
     def _unavailable(self) -> DaemonUnavailable:
@@ -176,7 +180,7 @@ def _read_reply(reply: Map) -> tuple[list[Map], int, int]:
 class _Follower:
     """One `Client.follow`: PUB for live notes, reads of its own for history and for gaps.
 
-    Behind the store it keeps `protocol.READS_AHEAD` reads in flight, each for the range
+    Behind the store it keeps `local_reads_ahead` reads in flight, each for the range
     after the last one asked, so the daemon reads and encodes the next batch while this
     process decodes and yields the last (waiting for a timer between batches once made
     catching up a thousand times slower than reading). Replies and live notes may come in
@@ -194,7 +198,11 @@ class _Follower:
         self.sub = sub
         self.dealer = dealer
         self.app = app
-        self.depth = protocol.READS_AHEAD if app is None else 1
+        config = client.config
+        self.depth = config.local_reads_ahead if app is None else 1
+        self.limit = config.local_read_limit
+        self.max_ahead = config.local_max_ahead
+        self.resync = config.local_resync
         self.timeout = timeout
         self.expected = start
         self.ahead: dict[int, Map] = {}  # notes past `expected`, by index
@@ -233,7 +241,7 @@ class _Follower:
 
     def _hold(self, note: Map) -> None:
         index = note["index"]
-        if index >= self.expected and len(self.ahead) < protocol.MAX_AHEAD:
+        if index >= self.expected and len(self.ahead) < self.max_ahead:
             self.ahead[index] = note
 
     def _ready(self) -> Iterator[Map]:
@@ -273,13 +281,13 @@ class _Follower:
             self._send(self.expected)
 
     def _send(self, start: int) -> None:
-        req: Map = {"op": "read", "start": start, "limit": protocol.READ_LIMIT}
+        req: Map = {"op": "read", "start": start, "limit": self.limit}
         if self.app is not None:
             req["app"] = self.app
         rid, data = self.client._encode(req)
         self.dealer.send(data)
         self.inflight.append((rid, start, time.monotonic()))
-        self.asked = start + protocol.READ_LIMIT
+        self.asked = start + self.limit
 
     def _reply(self) -> Generator[Map, None, bool]:
         """Take one reply off the socket and yield what it makes ready; True when the
@@ -297,7 +305,7 @@ class _Follower:
             self.inflight.popleft()
         _, start, _ = self.inflight.popleft()
         notes, nxt, self.held = _read_reply(reply)
-        if hole or nxt < min(start + protocol.READ_LIMIT, self.held):
+        if hole or nxt < min(start + self.limit, self.held):
             self.asked = self.expected  # cut short (large notes): ask on from what is missing
         # A read from at or before `expected` holds, in order, every note of interest up to
         # its "next"; one from further on (behind a reply cut short) only fills `ahead`.
@@ -320,7 +328,7 @@ class _Follower:
         yield from self._ready()
         now = time.monotonic()
         if nxt >= self.held:
-            self.check_at = now + protocol.RESYNC
+            self.check_at = now + self.resync
         if notes or not was_at:
             return False
         # The store holds nothing of interest at `expected`, so what waits ahead came from

@@ -25,22 +25,7 @@ from ..errors import LocalError
 from ..store import Note
 
 TOPIC = b"note"
-#: Notes queued towards one PUB subscriber before ZeroMQ drops (readers repair from the store).
-PUB_SNDHWM = 10_000
-#: A SUB in `Client.follow` buffers this many; it reads the store for whatever PUB dropped.
-SUB_RCVHWM = 10_000
-#: Most notes a "read" returns at once, whatever limit is asked.
-READ_LIMIT = 1000
-#: Most requests handled in one burst, so a flood of requests cannot starve the loop.
-BURST = 1000
-#: An idle follower reads the store this often, to catch notes PUB dropped at a burst's tail.
-RESYNC = 1.0
-#: Reads a follower keeps in flight while it is behind the store.
-READS_AHEAD = 2
-#: Live notes a follower holds while it reads a gap from the store; more are read again later.
-MAX_AHEAD = 10_000
-#: A subscriber sends only subscriptions: nothing legitimate comes near this.
-PUB_MAXMSGSIZE = 4096
+# Limits and timers are in `zflood.config.Config` (local_*).
 #: What a reply's framing costs per note beyond its body, when sizing a read reply.
 NOTE_OVERHEAD = 128
 

@@ -16,14 +16,14 @@ cuts that connection; `Client` refuses to send one); anything else that is wrong
 {"ok": false, "error": "..."}. The "link" op {node, up} cuts (up false) or heals the daemon's
 link to one peer, which then gets notes only through other members.
 
-What waits for a client is bounded in bytes, not only in messages. A reply of `TRACK_FROM`
-bytes or more is handed to ZeroMQ without a copy and tracked until ZeroMQ lets it go (written
-to the kernel, or dropped with its connection); smaller ones are copied and bounded by the
-socket's SNDHWM. A request from a client whose tracked replies exceed `local_client_bytes` (or
-from a client with more than one reply unread while all clients together exceed
-`local_total_bytes`) is dropped unanswered and counted: a client that never reads costs at
-most about one budget plus one reply, and a client that reads what it asked is never refused
-(a reply it has just read may still count as held, so one reply's worth never refuses).
+What waits for a client is bounded in bytes, not only in messages. A reply of
+`local_track_from` bytes or more is handed to ZeroMQ without a copy and tracked until ZeroMQ
+lets it go (written to the kernel, or dropped with its connection); smaller ones are copied
+and bounded by the socket's SNDHWM. A request from a client whose tracked replies exceed
+`local_client_bytes` (or from a client with more than one reply unread while all clients
+together exceed `local_total_bytes`) is dropped unanswered and counted: a client that never
+reads costs at most about one budget plus one reply, and a client that reads what it asked is
+never refused (a reply it has just read may still count as held: one reply never refuses).
 """
 
 from __future__ import annotations
@@ -56,8 +56,6 @@ log = logging.getLogger("zflood.local")
 # plain ints: enum arithmetic costs more than the send itself
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-#: Replies this large are tracked (not copied); below it a copy is cheaper than the tracking.
-TRACK_FROM = 4096
 
 
 class Outbox:
@@ -174,8 +172,8 @@ class LocalAPI:
         # whose sends never block (XPUB drops instead) needs no future per note.
         self._pub_sync = zmq.Socket.shadow(pub.underlying)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, protocol.PUB_SNDHWM)
-        pub.setsockopt(zmq.MAXMSGSIZE, protocol.PUB_MAXMSGSIZE)
+        pub.setsockopt(zmq.SNDHWM, self._node.config.local_pub_hwm)
+        pub.setsockopt(zmq.MAXMSGSIZE, self._node.config.local_pub_maxmsgsize)
         control = self._control = self._ctx.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.MAXMSGSIZE, self._node.config.max_frame)
@@ -269,7 +267,7 @@ class LocalAPI:
         # Wait on the asyncio socket, then drain through a synchronous shadow of it: reading
         # until EAGAIN is what re-arms ZeroMQ's edge-triggered descriptor.
         sock: zmq.Socket[bytes] = zmq.Socket.shadow(control.underlying)
-        sock.copy_threshold = TRACK_FROM
+        track_from = sock.copy_threshold = self._node.config.local_track_from
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -280,7 +278,7 @@ class LocalAPI:
             replies: list[list[bytes]] = []
             pending: dict[bytes, int] = {}  # reply bytes of this burst, by client
             with self._node.batch():
-                for _ in range(protocol.BURST):
+                for _ in range(self._node.config.local_burst):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -302,7 +300,7 @@ class LocalAPI:
                 except zmq.ZMQError as e:
                     log.debug("local API: reply not sent: %s", e)
                     continue
-                if tracker is not None and len(reply[-1]) >= TRACK_FROM:
+                if tracker is not None and len(reply[-1]) >= track_from:
                     self.outbox.sent(reply[0], tracker, len(reply[-1]))
             await asyncio.sleep(0)  # a full burst must not starve the rest of the loop
 
@@ -349,7 +347,8 @@ class LocalAPI:
             return {"ok": True, "status": self._status()}
         if op == "read":
             start = int_field(req, "start", 0, 0)
-            limit = min(int_field(req, "limit", protocol.READ_LIMIT, 1), protocol.READ_LIMIT)
+            most = self._node.config.local_read_limit
+            limit = min(int_field(req, "limit", most, 1), most)
             app = req.get("app")
             if app is not None and not isinstance(app, str):
                 raise LocalError("read takes an \"app\" that is text")
