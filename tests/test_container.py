@@ -252,6 +252,8 @@ def test_the_zflood_group_reaches_the_sockets_and_other_users_are_refused(
     assert out.startswith("published #") and "offline" not in out, out
     got = box.sh(SUBSCRIBE, user="alice").out
     assert got.strip() == "heard: live from alice", got
+    got = box.sh(TAIL, user="alice").out
+    assert got.endswith(" from alice\n") and "#0 " in got, got
     # bob is not: one clear line, exit 1, and the sockets stay closed to him
     r = box.sh("zflood --instance family status", user="bob", check=False)
     assert r.code == 1 and r.err.startswith("zflood: zflood@family runs, but only root and "
@@ -281,6 +283,21 @@ while time.monotonic() < deadline:
 client.close()
 sub.close(0)
 ctx.term()
+EOF
+"""
+
+
+# `zflood --instance family tail --all` until it prints the first note, then stopped by PID.
+TAIL = """/opt/zflood/bin/python - <<'EOF'
+import select, subprocess
+p = subprocess.Popen(["zflood", "--instance", "family", "tail", "--all"],
+                     stdout=subprocess.PIPE, text=True)
+try:
+    if select.select([p.stdout], [], [], 10)[0]:
+        print(p.stdout.readline(), end="")
+finally:
+    p.terminate()
+    p.wait(5)
 EOF
 """
 

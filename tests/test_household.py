@@ -287,3 +287,21 @@ def test_instance_after_the_command_and_its_mistakes(tmp: Path) -> None:
     r = subprocess.run([*ZFLOOD, "--instance", "family", "join", "zf1-x"], capture_output=True,
                        text=True, env=ENV, timeout=BRIEF, check=False)
     assert r.returncode == 2 and "/etc/zflood/family.join" in r.stderr, r
+
+
+def test_root_does_not_write_into_a_state_directory_of_another_user(tmp: Path) -> None:
+    """As an instance's state belongs to its dynamic user, files root made there (a WAL, a
+    new group.key) would lock the daemon out: refused in one line, nothing written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a state directory of another uid)")
+    state = tmp / "a"
+    member(state)
+    before = sorted(p.name for p in state.iterdir())
+    os.chown(state, 54321, -1)
+    for args in (["publish", "offline note"], ["status"]):
+        r = subprocess.run([*ZFLOOD, "--state", str(state), *args], capture_output=True,
+                           text=True, env=ENV, timeout=BRIEF, check=False)
+        assert r.returncode == 1 and r.stderr == (
+            f"zflood: {state} belongs to uid 54321: what root writes there its daemon could "
+            "not read. Start the daemon and talk to it, or run this as that user\n"), r
+    assert sorted(p.name for p in state.iterdir()) == before
