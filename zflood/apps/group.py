@@ -23,7 +23,8 @@ class Group(Protocol):
     running: bool
 
     def publish(self, body: bytes | str) -> Map: ...
-    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]: ...
+    def read(self, start: int = 0, limit: int = 1000, *,
+             app: str | None = None) -> tuple[list[Map], int]: ...
     def count(self) -> int: ...
     def names(self) -> dict[str, str]: ...
     def close(self) -> None: ...
@@ -40,8 +41,9 @@ class Online:
     def publish(self, body: bytes | str) -> Map:
         return self.client.publish(body)
 
-    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]:
-        return self.client.read(start, limit)
+    def read(self, start: int = 0, limit: int = 1000, *,
+             app: str | None = None) -> tuple[list[Map], int]:
+        return self.client.read(start, limit, app=app)
 
     def count(self) -> int:
         return int(self.client.status()["notes"])
@@ -67,9 +69,13 @@ class Offline:
 
         return note_map(self.node.publish(body))
 
-    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]:
+    def read(self, start: int = 0, limit: int = 1000, *,
+             app: str | None = None) -> tuple[list[Map], int]:
         from ..local import note_map
 
+        if app is not None:
+            found, nxt = self.node.app_notes(app, start, limit)
+            return [note_map(n) for n in found], nxt
         notes = [note_map(n) for n in self.node.notes(start, start + limit)]
         return notes, (notes[-1]["index"] + 1 if notes else start)
 
@@ -113,12 +119,14 @@ def open_group(state: Path) -> Online | Offline:
     return Offline(state)
 
 
-def notes(group: Group, start: int = 0) -> Iterator[Map]:
-    """Every note from local index `start` on that is held now, in index order."""
-    while True:
-        batch, nxt = group.read(start)
+def notes(group: Group, start: int = 0, app: str | None = None) -> Iterator[Map]:
+    """Every note (of `app`, if given) from local index `start` on that is held now, in
+    index order; with an app the cost follows that app's notes, not the log's."""
+    end = group.count()
+    while start < end:
+        batch, nxt = group.read(start, app=app)
         yield from batch
-        if not batch:
+        if nxt <= start:
             return
         start = nxt
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import cbor2
 
+from ..appnote import MAX_APP
+
 AppNote = dict[str, Any]
 
 #: Reserved for the system's own notes (member names); apps pick another name.
@@ -18,8 +20,8 @@ SYSTEM = "zflood"
 
 
 def encode(app: str, **fields: Any) -> bytes:
-    if not app or not isinstance(app, str):
-        raise ValueError("an app note needs a non-empty text app name")
+    if not app or not isinstance(app, str) or len(app.encode()) > MAX_APP:
+        raise ValueError(f"an app name is non-empty text of at most {MAX_APP} bytes")
     return cbor2.dumps({"app": app, **fields}, canonical=True)
 
 
@@ -37,4 +39,6 @@ def decode(body: object, app: str | None = None) -> AppNote | None:
     name = value.get("app")
     if not isinstance(name, str) or (app is not None and name != app):
         return None
+    if not name or len(name.encode("utf-8", "replace")) > MAX_APP:
+        return None  # what zflood.appnote (the store's index, PUB topics) takes for no app
     return value

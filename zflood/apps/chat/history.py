@@ -2,7 +2,8 @@
 
 `last(group, room, n)` reads backwards from the end of the log in windows that double, so
 opening a chat of a million lines costs the window that holds its last `n` lines, not the
-history; memory holds `n` lines whatever the size.
+history; memory holds `n` lines whatever the size. Reads ask for chat notes only (the store's
+app index), so other apps' notes in between cost nothing.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 from collections import deque
 
 from ..group import Group
-from .lines import Line, line
+from .lines import APP, Line, line
 
 
 def between(group: Group, room: str | None, start: int, stop: int) -> list[Line]:
     """The chat lines (of `room`, or all) with local index in [start, stop)."""
     found: list[Line] = []
     while start < stop:
-        batch, nxt = group.read(start, min(1000, stop - start))
-        if not batch:
+        batch, nxt = group.read(start, min(1000, stop - start), app=APP)
+        if nxt <= start:
             break
         for n in batch:
             if n["index"] >= stop:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ...errors import ZfloodError
 from . import history
-from .lines import Line, format_line, line, note
+from .lines import APP, Line, format_line, line, note
 
 HISTORY = 200
 KEEP = 2000  # lines held for the screen: memory stays flat however long the chat runs
@@ -124,7 +124,7 @@ def reader(chat: Chat) -> None:
                 first = False
             chat.set_status(f"room {chat.room} · {len(chat.names)} named members · "
                             "Enter sends, Ctrl-D quits")
-            for n in group.client.follow(chat.next_index, timeout=RETRY):
+            for n in group.client.follow(chat.next_index, app=APP, timeout=RETRY):
                 ln = line(n)
                 if ln is not None and ln.room == chat.room:
                     if ln.origin.hex() not in chat.names:

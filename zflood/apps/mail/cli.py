@@ -25,6 +25,7 @@ from ...errors import ZfloodError
 from ..group import notes as held_notes
 from ..group import opened
 from .message import (
+    APP,
     EX_CONFIG,
     EX_SOFTWARE,
     EX_TEMPFAIL,
@@ -108,7 +109,7 @@ def main(state: Path, args: argparse.Namespace) -> int:
 def _print_queue(state: Path, as_json: bool) -> int:
     mail = MailState()
     with opened(state) as group:
-        for note in held_notes(group):
+        for note in held_notes(group, app=APP):
             mail.add(note)
     rows = [_row(m) for m in mail.queue()]
     if as_json:

@@ -77,8 +77,10 @@ class Outcome:
 
 class Client(Protocol):
     def publish(self, body: bytes | str) -> Map: ...
-    def read(self, start: int = 0, limit: int = 1000) -> tuple[list[Map], int]: ...
-    def follow(self, start: int = 0, *, timeout: float | None = None) -> Iterator[Map]: ...
+    def read(self, start: int = 0, limit: int = 1000, *,
+             app: str | None = None) -> tuple[list[Map], int]: ...
+    def follow(self, start: int = 0, *, app: str | None = None,
+               timeout: float | None = None) -> Iterator[Map]: ...
     def status(self) -> Map: ...
 
 
@@ -238,7 +240,8 @@ class Deliverer:
     def run(self, stop: Callable[[], bool]) -> None:
         self.deliver_due()
         while not stop():
-            for note in self.client.follow(self.mail.next_index, timeout=self.config.idle):
+            for note in self.client.follow(self.mail.next_index, app=APP,
+                                           timeout=self.config.idle):
                 self.mail.add(note)
                 self.deliver_due()
                 if stop():
@@ -326,9 +329,11 @@ class DelivererActive(Exception):
 
 
 def _held(client: Client, start: int) -> Iterator[Map]:
-    while True:
-        batch, nxt = client.read(start)
+    """The group's mail notes held now, from `start` (the store's app index: mail alone)."""
+    end = int(client.status()["notes"])
+    while start < end:
+        batch, nxt = client.read(start, app=APP)
         yield from batch
-        if not batch:
+        if nxt <= start:
             return
         start = nxt
