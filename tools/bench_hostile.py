@@ -69,8 +69,10 @@ HONEST_EVERY = 0.25  # the honest member publishes this often
 HONEST_LIMIT = 1.0  # ... and each note should reach the victim within this
 SAMPLE_EVERY = 0.02  # RSS and open files sampled this often
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# what a HELLO or HEADS may list: attack 1 goes past it, attack 3 stays within it per frame
+# Origins a node holds at most (attack 1 goes past it), and per HELLO or HEADS frame (attack
+# 3 stays within it); before heads were paged, one limit was both.
 MAX_ORIGINS = int(getattr(DEFAULT, "max_origins", 4096))
+HEADS_PAGE = int(getattr(DEFAULT, "heads_page", MAX_ORIGINS))
 _UNSET = ("ZFLOOD_STATE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY",
           "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
 ENV = {k: v for k, v in os.environ.items() if k not in _UNSET}
@@ -706,7 +708,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=5.0, help="SIGTERM, then SIGKILL")
     p.add_argument("--recover-timeout", type=float, default=10.0,
                    help="how long to wait for the victim to answer promptly again")
-    p.add_argument("--fresh-timeout", type=float, default=5.0,
+    p.add_argument("--fresh-timeout", type=float, default=10.0,
                    help="how long a fresh member gets to link (mdns) or sync (origins)")
     p.add_argument("--origins", type=int, default=MAX_ORIGINS + 104,
                    help="origins: fresh origins pushed (default: Config.max_origins + 104)")
@@ -721,8 +723,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="want: after sending, read nothing for S seconds, then read all")
     p.add_argument("--want-seconds", type=float, default=5.0)
     p.add_argument("--fake-origins", type=int, default=200_000, help="heads: origins claimed")
-    p.add_argument("--heads-per-frame", type=int, default=min(4000, MAX_ORIGINS),
-                   help="heads: origins per HEADS frame (at most Config.max_origins)")
+    p.add_argument("--heads-per-frame", type=int, default=min(4000, HEADS_PAGE),
+                   help="heads: origins per HEADS frame (at most Config.heads_page)")
     p.add_argument("--heads-seconds", type=float, default=8.0)
     p.add_argument("--hi-kinds", default="wrong-key,nonce,stranger",
                    help="hi: comma-separated, of wrong-key, nonce, stranger")
