@@ -31,7 +31,7 @@ class Config:
     #: Most origins a node holds (a group is 2 to about 10 machines, but every machine that
     #: ever joined stays an origin). Past it new origins are refused, except a directly
     #: linked peer's own, so a member that mints origins cannot lock a new member out.
-    max_origins: int = 32_768
+    max_origins: int = 16_384
 
     # -- what one peer may make us spend ----------------------------------------------------
     #: Origins one peer may claim (in its heads) that we hold nothing of; further claims are
