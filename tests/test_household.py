@@ -120,13 +120,13 @@ def test_a_kept_port_that_is_taken_is_an_error_line_naming_the_file(tmp: Path) -
     assert lines[:-1] and all(line.startswith(("<6>", "<4>")) for line in lines[:-1]), lines
 
 
-def test_a_damaged_port_file_is_one_error_line(tmp: Path) -> None:
+def test_a_damaged_port_file_is_one_error_line_and_a_configuration_error(tmp: Path) -> None:
     state = tmp / "a"
     member(state)
     (state / PORT).write_text("40x77\n")
     rc, lines = journal_run(state, "run", "--no-discovery")
-    assert rc == 1 and lines == [f"<3>zflood: {state / PORT} holds '40x77', not a port: fix "
-                                 "it, or remove it to let zflood choose one"], lines
+    assert rc == 78 and lines == [f"<3>zflood: {state / PORT} holds '40x77', not a port: fix "
+                                  "it, or remove it to let zflood choose one"], lines
 
 
 def test_port_choices_cover_the_range_once_starting_from_the_groups_own() -> None:
@@ -305,3 +305,12 @@ def test_root_does_not_write_into_a_state_directory_of_another_user(tmp: Path) -
             f"zflood: {state} belongs to uid 54321: what root writes there its daemon could "
             "not read. Start the daemon and talk to it, or run this as that user\n"), r
     assert sorted(p.name for p in state.iterdir()) == before
+
+
+def test_a_damaged_group_key_is_a_configuration_error(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    (state / "group.key").write_bytes(b"short")
+    rc, lines = journal_run(state, "run", "--no-discovery")
+    assert rc == 78 and len(lines) == 1, lines
+    assert lines[0].startswith(f"<3>zflood: cannot read {state / 'group.key'}: "), lines

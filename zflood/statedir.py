@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT, Config
-from .errors import LocalError
+from .errors import ConfigurationError, LocalError
 
 if TYPE_CHECKING:
     from .identity import Group
@@ -98,8 +98,10 @@ def load_group(state: Path) -> Group | None:
         return Group(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise LocalError(f"cannot read {path}: {e}") from None
+    except ValueError as e:  # damaged: no restart mends it
+        raise ConfigurationError(f"cannot read {path}: {e}") from None
 
 
 def check_group(state: Path, group: Group) -> None:
@@ -166,8 +168,8 @@ def recorded_port(state: Path) -> int | None:
     except OSError as e:
         raise LocalError(f"cannot read {path}: {e.strerror}") from None
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise LocalError(f"{path} holds {text[:20]!r}, not a port: fix it, or remove it to "
-                         "let zflood choose one")
+        raise ConfigurationError(f"{path} holds {text[:20]!r}, not a port: fix it, or remove "
+                                 "it to let zflood choose one")
     return int(text)
 
 

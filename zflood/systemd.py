@@ -30,7 +30,7 @@ EX_CONFIG = ConfigurationError.exit_status
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
                (logging.INFO, 6))
 
-log = logging.getLogger("zflood.daemon")
+log = logging.getLogger("zflood.systemd")
 
 
 def sd_notify(message: str) -> None:
