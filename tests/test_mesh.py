@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -631,6 +632,46 @@ def test_the_reader_hands_the_loop_back_between_bounded_bursts(net: Net, bound: 
             most, seen = max(most, handled - seen), handled
         print(f"at most {most} frames handled between two turns of another task")
         assert most <= 11  # 10 per burst (20 ms of 2 ms frames), and one the clock may add
+        await close_all(a, b)
+
+    net.run(main)
+
+
+def test_a_members_hi_flood_is_dropped_past_its_rate_logged_once_and_others_keep_working(
+    net: Net, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 8, item 4: a member (it holds the group key) sends 20,000 bogus HIs as fast as it
+    can: naming another node, of a wrong size, and its own with a new nonce each time."""
+    async def main() -> None:
+        a, b = await net.members_of(Group.new(), 2)
+        ab, ba = await pair(a, b)
+        key = SigningKey()
+        flooder = a.ctx.socket(zmq.DEALER)
+        flooder.linger = 0
+        flooder.curve_serverkey = z85.encode(a.group.curve_server_public)
+        flooder.curve_secretkey = z85.encode(key.curve_secret())
+        flooder.curve_publickey = z85.encode(x25519_public(key.curve_secret()))
+        flooder.connect(a.endpoint)
+        n = 20_000
+        with caplog.at_level(logging.INFO, logger="zflood"):
+            t0 = time.monotonic()
+            for i in range(n):
+                kind = i % 3
+                hi = (hi_payload(b.node, 1, os.urandom(16), 1) if kind == 0
+                      else b"\x01" * 7 if kind == 1
+                      else hi_payload(key.public, 9, os.urandom(16), 0))
+                await flooder.send_multipart([HI, hi])
+            # No event marks the last HI handled: watch the count (every wait bounded).
+            deadline = time.monotonic() + WAIT
+            while a.mesh.stats()["his_dropped"] < n - 100 - 50 * (time.monotonic() - t0):
+                assert time.monotonic() < deadline, a.mesh.stats()
+                await asyncio.sleep(0.01)
+            await assert_flows(ab, ba)
+        flooder.close()
+        noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        print(f"{a.mesh.stats()['his_dropped']} of {n} HIs dropped; warnings: {noisy}")
+        assert len(noisy) <= 3, noisy  # one per kind of fault, whatever the count
+        assert ab.close_calls == 0
         await close_all(a, b)
 
     net.run(main)
