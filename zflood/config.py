@@ -68,10 +68,12 @@ class Config:
     #: The mesh reader handles at most this many messages in one go before the event loop
     #: gets a turn (the local API, the timers, the watchdog) ...
     burst_messages: int = 1000
-    #: ... or this many bytes of them ...
+    #: ... or this many bytes of them (fewer as it learns how many the engine takes in
+    #: burst_time; never fewer than two batches) ...
     burst_bytes: int = 8 * MiB
-    #: ... or for this long (a bulk sync must not hold the loop: status answers within 100 ms).
-    burst_time: float = 0.02
+    #: ... so that one burst, the engine's work on it included, holds the loop for about this
+    #: long (a bulk sync must not: status answers within 100 ms).
+    burst_time: float = 0.04
 
     # -- mesh bounds: what a member gone bad or a stranger on the LAN can make us spend -------
     #: HIs a second taken from one sender (one CURVE key); above that, dropped and counted.

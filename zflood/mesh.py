@@ -394,29 +394,35 @@ class Mesh:
     async def _receive(self, router: zmq.asyncio.Socket) -> None:
         assert self._loop is not None
         loop, c = self._loop, self._config
+        # Bytes per burst. The engine does most of a burst's work when the batch ends (one
+        # verify and one transaction per run of notes), so the time spent dispatching says
+        # little: from each bulk burst's whole cost, learn how many bytes fit in burst_time.
+        budget = c.burst_bytes
         while True:
             frames = await router.recv_multipart(copy=False)
             start = now = loop.time()
             size = 0
             # Whatever else has arrived is handled in the same batch (the engine's
-            # Node.batch): one signature check and one transaction for a run of pushes. The
-            # burst is bounded so the loop gets a turn at least every `burst_time`.
+            # Node.batch): one signature check and one transaction for a run of pushes.
             with self._batch():
-                for _ in range(c.burst_messages):
+                for n in range(1, c.burst_messages + 1):
                     try:
                         self._dispatch(frames, now)
                     except Exception:  # one bad message (or engine callback) must not stop us
                         log.exception("mesh: error handling a message")
                     size += sum(len(f) for f in frames)
                     now = loop.time()
-                    if size >= c.burst_bytes or now - start >= c.burst_time:
-                        break
+                    if n == c.burst_messages or size >= budget or now - start >= c.burst_time:
+                        break  # before taking the next message, which would be lost
                     try:
                         # with NOBLOCK the future is done at once: a message, or Again
                         ready = router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                         frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
                     except zmq.Again:
                         break
+            if size >= c.batch_bytes:  # a bulk burst: its cost per byte means something
+                fits = size * c.burst_time / max(loop.time() - start, 1e-6)
+                budget = int(min(c.burst_bytes, max(2 * c.batch_bytes, (budget + fits) / 2)))
             await asyncio.sleep(0)  # awaiting a receive that is already done would not yield
 
     async def _run_timer(self) -> None:
