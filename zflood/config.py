@@ -69,11 +69,11 @@ class Config:
     #: gets a turn (the local API, the timers, the watchdog) ...
     burst_messages: int = 1000
     #: ... or this many bytes of them (fewer as it learns how many the engine takes in
-    #: burst_time; never fewer than two batches) ...
+    #: burst_time; a burst holds one message at least) ...
     burst_bytes: int = 8 * MiB
     #: ... so that one burst, the engine's work on it included, holds the loop for about this
     #: long (a bulk sync must not: status answers within 100 ms).
-    burst_time: float = 0.04
+    burst_time: float = 0.02
 
     # -- mesh bounds: what a member gone bad or a stranger on the LAN can make us spend -------
     #: HIs a second taken from one sender (one CURVE key); above that, dropped and counted.

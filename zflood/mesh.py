@@ -71,6 +71,7 @@ ZAP_DOMAIN = b"zflood"
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # A BYE must get out on close, but a dead peer must not hold up the context's term().
 _BYE_LINGER_MS = 200
+_YIELD_TURNS = 4  # loop turns the reader gives up between bursts
 
 _Socket = zmq.Socket[bytes]
 
@@ -420,10 +421,14 @@ class Mesh:
                         frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
                     except zmq.Again:
                         break
-            if size >= c.batch_bytes:  # a bulk burst: its cost per byte means something
+            if size >= min(budget, c.batch_bytes):  # bulk: its cost per byte means something
                 fits = size * c.burst_time / max(loop.time() - start, 1e-6)
-                budget = int(min(c.burst_bytes, max(2 * c.batch_bytes, (budget + fits) / 2)))
-            await asyncio.sleep(0)  # awaiting a receive that is already done would not yield
+                budget = int(min(c.burst_bytes, (budget + fits) / 2))
+            # Awaiting a receive that is already done would not yield. One turn of the loop is
+            # not enough either: what another task waits for (a pyzmq poll, say) reaches it
+            # through a few callbacks, one per turn, and each turn would run another burst.
+            for _ in range(_YIELD_TURNS):
+                await asyncio.sleep(0)
 
     async def _run_timer(self) -> None:
         assert self._loop is not None
