@@ -16,13 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from .errors import BadJoinCode, ConfigurationError
-from .statedir import load_group, save_group
 
 EX_CONFIG = ConfigurationError.exit_status
 
@@ -38,6 +36,7 @@ def sd_notify(message: str) -> None:
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return
+    import socket  # every command asks whether it runs under systemd; only the daemon sends
     if path.startswith("@"):
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
@@ -98,6 +97,8 @@ def error_line(message: str) -> str:
 def join_from_credentials(state: Path) -> None:
     """Under systemd, `LoadCredential=join:/etc/zflood/INSTANCE.join` hands over the code;
     an empty credential means "no code" (the unit's fallback when the file is missing)."""
+    from .statedir import load_group, save_group
+
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if not creds:
         return
