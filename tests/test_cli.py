@@ -29,6 +29,7 @@ from daemons import (
     ENV,
     WAIT,
     ZFLOOD,
+    Daemon,
     Daemons,
     daemons_fixture,
     member,
@@ -42,18 +43,22 @@ from zflood.errors import BadJoinCode
 from zflood.identity import Group
 from zflood.statedir import ENDPOINTS, load_group, open_node
 
-SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo"]
+SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo",
+               "invite", "members", "name"]
 #: What each subcommand's --help must mention (its options and positionals).
 SUBCOMMAND_ARGS = {
-    "init": [],
-    "join": ["code"],
+    "init": ["--name"],
+    "join": ["code", "--name"],
     "run": ["--listen", "--peer", "--interface", "--pub", "--no-discovery", "--verbose"],
     "publish": ["TEXT", "--binary"],
-    "tail": ["--all", "--json"],
-    "status": ["--json"],
+    "tail": ["--all", "-n", "--no-follow", "--json"],
+    "status": ["--json", "--code"],
     "export": ["FILE"],
     "import": ["FILE"],
     "demo": ["--seconds"],
+    "invite": [],
+    "members": ["--json"],
+    "name": ["NEW"],
 }
 STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running",
                "ed25519"}
@@ -199,6 +204,32 @@ class LineReader:
 # -- help --------------------------------------------------------------------------------------
 
 
+def test_status_help_says_what_status_shows() -> None:
+    text = " ".join(ok("status", "--help").out.split())
+    for part in ["name", "group", "endpoints", "forks", "sync progress", "since when",
+                 "last heard", "lacks", "--code", "join code"]:
+        assert part in text, f"status --help does not mention {part!r}"
+
+
+def test_run_help_says_a_tcp_pub_endpoint_is_open_to_every_local_user() -> None:
+    assert "every user of this machine" in " ".join(ok("run", "--help").out.split())
+
+
+def test_the_demo_starts_its_daemons_from_a_folder_holding_a_checkout(tmp: Path) -> None:
+    """From the folder holding a checkout named zflood, `python -m zflood` finds that folder
+    first (as a namespace package, under an editable install) or a package there: the demo's
+    command must not."""
+    from zflood.demo import ZFLOOD as DEMO_ZFLOOD
+
+    (tmp / "zflood" / "zflood").mkdir(parents=True)  # the checkout: its package one level in
+    for shadow in (False, True):
+        if shadow:  # a folder that is a package of its own: shadows under any install
+            (tmp / "zflood" / "__init__.py").write_text("raise SystemExit('shadowed')\n")
+        p = subprocess.run([*DEMO_ZFLOOD, "--version"], cwd=tmp, capture_output=True,
+                           timeout=QUICK, env=ENV)
+        assert p.returncode == 0 and p.stdout.startswith(b"zflood "), p
+
+
 def test_help_lists_every_subcommand_and_global_option() -> None:
     r = ok("--help")
     for word in [*SUBCOMMANDS, "--state", "--version", "--help"]:
@@ -250,13 +281,34 @@ def test_a_second_init_fails_with_one_line_and_changes_nothing(tmp: Path) -> Non
 
 
 def test_a_second_init_points_to_a_command_that_really_shows_the_code(tmp: Path) -> None:
-    """The error sends the user to `zflood status`, which must then show the join code."""
+    """The error sends the user to `zflood invite`, which must then show the join code."""
     state = tmp / "a"
     code = init(state)
     line = assert_one_line_error(zflood("init", state=state))
-    assert "zflood status" in line  # what the message tells the user to run
-    shown = ok("status", state=state).out + ok("status", "--json", state=state).out
-    assert code in shown, "`zflood status` does not show the join code the error points to"
+    assert "zflood invite" in line  # what the message tells the user to run
+    assert ok("invite", state=state).out.strip() == code
+
+
+def test_status_shows_the_join_code_only_when_asked(tmp: Path) -> None:
+    state = tmp / "a"
+    code = init(state)
+    assert code not in ok("status", state=state).out
+    assert code not in ok("status", "--json", state=state).out
+    assert code in ok("status", "--code", state=state).out
+    assert json.loads(ok("status", "--json", "--code", state=state).out)["code"] == code
+
+
+def test_invite_in_an_empty_state_dir_is_one_line(tmp: Path) -> None:
+    assert "no group" in assert_one_line_error(zflood("invite", state=tmp / "a"), 1)
+
+
+def test_state_is_accepted_after_the_subcommand_too(tmp: Path) -> None:
+    code = init(tmp / "a")
+    assert ok("invite", "--state", str(tmp / "a")).out.strip() == code
+    # given on both sides, the one after the command is the one used
+    r = ok("--state", str(tmp / "nothing"), "invite", "--state", str(tmp / "a"))
+    assert r.out.strip() == code
+    assert ok("--state", str(tmp / "a"), "invite").out.strip() == code
 
 
 def test_join_with_a_good_code_joins_that_group(tmp: Path) -> None:
@@ -637,7 +689,7 @@ def test_status_json_of_a_running_daemon_shows_node_endpoints_peers_and_heads(
         assert peer["state"] == "connected" and peer["address"].startswith("tcp://127.0.0.1:")
     assert st["ed25519"] == identity.backend()  # the daemon runs with this same install
     text = ok("status", state=tmp / "a").out
-    assert st["node"] in text and "running" in text and b_node[:16] in text
+    assert st["node"] in text and "running" in text and f"peer    {b_node[:8]} connected" in text
     assert f"ed25519 by {identity.backend()}" in text
 
 
@@ -804,17 +856,61 @@ def test_tail_without_all_prints_only_notes_published_after_it_started(
             tail.wait(timeout=5)
 
 
-def test_tail_with_no_daemon_fails_promptly_with_one_line(
+def tail_lines(state: Path, *args: str) -> tuple[list[str], str]:
+    r = ok("tail", *args, state=state)
+    return r.out.splitlines(), r.err
+
+
+def test_tail_with_the_daemon_stopped_reads_the_store_and_exits(
     tmp: Path, daemons: Daemons
 ) -> None:
     state = tmp / "a"
     member(state)
-    assert "no zflood daemon" in assert_one_line_error(zflood("tail", state=state))
-    # after a kill -9 the stale endpoints.json names a dead pid: no need to wait for the socket
+    put(state, "one", "two", "three")
+    lines, err = tail_lines(state, "-n", "2")
+    assert [line.split(": ", 1)[1] for line in lines] == ["two", "three"]
+    assert "no daemon is running" in err and len(err.splitlines()) == 1  # says it won't follow
+    lines, err = tail_lines(state, "--all", "--no-follow")
+    assert len(lines) == 3 and err == ""
+    assert tail_lines(state, "--no-follow") == ([], "")  # only new notes: none
+    # after a kill -9 the stale endpoints.json names a dead pid: no wait for a socket
     daemons(state).kill()
     start = time.monotonic()
-    assert_one_line_error(zflood("tail", state=state))
+    lines, _ = tail_lines(state, "-n", "1", "--json")
+    assert [json.loads(line)["body"] for line in lines] == ["three"]
     assert time.monotonic() - start < 3.0, "tail waited for a daemon whose pid is dead"
+
+
+def test_tail_prints_each_note_on_one_line_escaping_what_would_break_it(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    bodies = ["two\nlines", "tab\there\r", "back\\slash", "\x1b[31mred\x1b[0m", "bidi\u202eevil",
+              "café ☕"]
+    put(state, *bodies)
+    lines, _ = tail_lines(state, "--all", "--no-follow")
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "two\\nlines", "tab\\there\\r", "back\\\\slash", "\\x1b[31mred\\x1b[0m", "bidi\\u202eevil",
+        "café ☕"]
+    # JSON carries the text as it is
+    lines, _ = tail_lines(state, "--all", "--no-follow", "--json")
+    assert [json.loads(line)["body"] for line in lines] == bodies
+
+
+def test_tail_n_no_follow_through_a_running_daemon_prints_the_last_n_and_exits(
+    tmp: Path, daemons: Daemons
+) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, *(f"n{i}" for i in range(5)))
+    d = daemons(state)
+    lines, err = tail_lines(state, "-n", "2", "--no-follow")
+    assert [line.split(": ", 1)[1] for line in lines] == ["n3", "n4"] and err == ""
+    assert len(tail_lines(state, "-n", "100", "--no-follow")[0]) == 5
+    assert tail_lines(state, "--no-follow")[0] == []
+    d.client.publish("n5")
+    lines, _ = tail_lines(state, "--all", "--no-follow")
+    assert [int(line.split()[0]) for line in lines] == list(range(6))
+    assert_usage_error(zflood("tail", "-n", "-1", state=state))
 
 
 def test_a_reused_pid_in_stale_endpoints_does_not_pass_for_a_daemon(tmp: Path) -> None:
@@ -833,7 +929,90 @@ def test_a_reused_pid_in_stale_endpoints_does_not_pass_for_a_daemon(tmp: Path) -
     assert [b for _, _, b in held(state)] == ["into the store"]
 
 
+# -- names and members -------------------------------------------------------------------------
+
+
+def test_members_name_each_other_and_status_shows_peers_by_name(
+    tmp: Path, daemons: Daemons
+) -> None:
+    a_dir, b_dir = tmp / "a", tmp / "b"
+    code = ok("init", "--name", "kitchen", state=a_dir).last_line
+    ok("join", code, "--name", "attic", state=b_dir)
+    assert_one_line_error(zflood("name", "two\nlines", state=a_dir), 2)
+    assert ok("name", state=a_dir).out.strip() == "kitchen"  # offline, from the store
+    a = daemons(a_dir)
+    b = daemons(b_dir, a.listen)  # a static peer of b
+    a_id, b_id = a.client.status()["node"], b.client.status()["node"]
+
+    def names(d: Daemon) -> dict[str, str | None]:
+        return {m["origin"]: m["name"] for m in d.client.status()["members"]}
+
+    both = {a_id: "kitchen", b_id: "attic"}
+    wait_for(lambda: names(a) == both and names(b) == both, WAIT, "both names on both")
+    wait_for(lambda: all(p["state"] == "connected" for d in (a, b)
+                         for p in d.client.status()["peers"]), WAIT, "the link")
+    for d, other in ((a, "attic"), (b, "kitchen")):
+        st = d.client.status()
+        (peer,) = st["peers"]  # a static peer shows once, not also as an address dialled
+        assert peer["name"] == other and peer["they_lack"] == 0 and peer["we_lack"] == 0
+        assert time.time() - WAIT < peer["since"] <= peer["heard"] <= time.time() + 1
+        assert st["sync"]["lacking"] == 0
+    text = ok("status", state=b_dir).out
+    assert text.startswith(f"node    attic ({b_id[:8]}) {b_id}")
+    assert f"peer    kitchen ({a_id[:8]}) connected for " in text
+    assert ", heard " in text and "; it lacks 0, we lack 0; tcp://127.0.0.1:" in text
+    assert "sync    in sync" in text
+    rows = ok("members", state=b_dir).out.splitlines()
+    assert rows[0].split() == ["NAME", "ID", "NOTES", "LATEST", "NOTE", "ARRIVED", "LINKED"]
+    assert rows[1].startswith("attic") and rows[1].endswith("this node")
+    assert rows[2].startswith("kitchen") and rows[2].endswith("yes")
+    members = json.loads(ok("members", "--json", state=b_dir).out)
+    assert {m["origin"]: (m["notes"], m["linked"]) for m in members} == {
+        a_id: (1, True), b_id: (1, False)}
+    assert all(time.time() - 60 < m["last"] <= time.time() for m in members)
+
+    # a new name spreads; the tail shows who wrote what
+    assert "now called pantry" in ok("name", "pantry", state=a_dir).out
+    wait_for(lambda: names(b)[a_id] == "pantry", WAIT, "the new name at b")
+    a.client.publish("hello")
+    wait_for(lambda: b.client.status()["notes"] == 4, WAIT, "the note at b")
+    lines, _ = tail_lines(b_dir, "-n", "2", "--no-follow")
+    assert lines[0].endswith(f"pantry {a_id[:8]}#1: [names itself pantry]"), lines
+    assert lines[1].endswith(f"pantry {a_id[:8]}#2: hello"), lines
+    b.stop()
+    # with b stopped, its store still knows every name, and nobody is linked
+    members = json.loads(ok("members", "--json", state=b_dir).out)
+    assert {m["origin"]: (m["name"], m["linked"]) for m in members} == {
+        a_id: ("pantry", False), b_id: ("attic", False)}
+    assert f"pantry {a_id[:8]}#2: hello" in tail_lines(b_dir, "-n", "1")[0][0]
+
+
+def test_a_new_member_is_named_after_its_host_by_default(tmp: Path) -> None:
+    import socket
+
+    from zflood.statedir import default_name
+
+    ok("init", state=tmp / "a")
+    assert ok("name", state=tmp / "a").out.strip() == default_name()
+    assert default_name() == socket.gethostname().split(".")[0] or default_name() == "member"
+    # joining again keeps the name it has
+    ok("name", "renamed", state=tmp / "a")
+    code = ok("invite", state=tmp / "a").out.strip()
+    ok("join", code, state=tmp / "a")
+    assert ok("name", state=tmp / "a").out.strip() == "renamed"
+
+
 # -- export / import ---------------------------------------------------------------------------
+
+
+def test_export_is_readable_by_its_owner_only(tmp: Path) -> None:
+    member(tmp / "a")
+    put(tmp / "a", "secret")
+    (tmp / "old.zf").write_bytes(b"")
+    (tmp / "old.zf").chmod(0o644)  # overwriting a file that was world-readable
+    for name in ("new.zf", "old.zf"):
+        ok("export", tmp / name, state=tmp / "a")
+        assert oct((tmp / name).stat().st_mode & 0o777) == oct(0o600)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from netns import Lab, lab_fixture
 
 from zflood.config import DEFAULT
 from zflood.local import Client
+from zflood.members import parse_name
 
 START_TIMEOUT = 20.0  # a daemon writing endpoints.json
 LINK_BOUND = 2.0  # the issue: linked within 2 s of starting where peers run
@@ -129,8 +130,8 @@ class HostDaemon:
         return linked_nodes(self.client)
 
     def notes(self) -> set[NoteKey]:
-        """Every note it holds, read through the control socket."""
-        return {note_key(n) for n in all_notes(self.client)}
+        """Every note it holds but the members' names, read through the control socket."""
+        return {note_key(n) for n in all_notes(self.client) if parse_name(n["body"]) is None}
 
     def publish(self, body: str) -> NoteKey:
         return note_key(self.client.publish(body))
@@ -157,9 +158,11 @@ def all_linked(daemons: Sequence[HostDaemon]) -> bool:
 
 
 def converged(daemons: Sequence[HostDaemon], count: int) -> bool:
-    """Every daemon holds `count` notes and all have the same heads."""
+    """Every daemon holds `count` notes besides one name note per host (from `zflood init`
+    and `join`), and all have the same heads."""
     statuses = [d.status() for d in daemons]
-    return all(s["notes"] == count and s["heads"] == statuses[0]["heads"] for s in statuses)
+    return all(s["notes"] == count + len(daemons) and s["heads"] == statuses[0]["heads"]
+               for s in statuses)
 
 
 class Follower:
@@ -208,7 +211,7 @@ class Follower:
         assert [n["index"] for n in seen] == list(range(len(seen))), (
             "follow()'s indices are not 0, 1, 2, ... without a gap"
         )
-        assert {note_key(n) for n in seen} == self.daemon.notes()
+        assert {note_key(n) for n in seen if parse_name(n["body"]) is None} == self.daemon.notes()
 
 
 @pytest.fixture

@@ -406,7 +406,7 @@ def test_members_sending_malformed_data_frames_get_their_links_closed_and_a_keep
     log = a.log.read_text()
     assert log.count("closing channel to") >= len(cases), log[-3000:]  # the engine's reasons
     for intruder in intruders.values():
-        assert f"link to {intruder.node.hex()[:12]} closed: closed by the engine" in log, log
+        assert f"link to {intruder.node.hex()[:8]} closed: closed by the engine" in log, log
     assert "Traceback" not in log
     ab.still_syncing()
 

@@ -1,4 +1,5 @@
-"""The `zflood` command: init, join, run, publish, tail, status, export, import, demo.
+"""The `zflood` command: init, join, run, publish, tail, status, members, name, invite,
+export, import, demo.
 
 Every failure the user can cause ends in one line on stderr and a non-zero exit: 2 for a bad
 argument or join code, 78 (EX_CONFIG) for a setup only a person can fix (and, under systemd,
@@ -17,7 +18,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,9 @@ from .errors import BadJoinCode, ConfigurationError, LocalError, ZfloodError
 if TYPE_CHECKING:  # the commands import what they need when they run: a quick --help
     from .identity import Group
     from .local import Client
+    from .members import Members
     from .node import Node
+    from .store import Note
 
 
 class BadArgument(LocalError):
@@ -72,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--interface", action="append", metavar="NAME|IP",
                    help="announce and browse on this interface only (repeatable)")
     r.add_argument("--pub", action="append", default=[], metavar="tcp://127.0.0.1:PORT",
-                   help="also publish delivered notes on this endpoint")
+                   help="also publish delivered notes on this endpoint; a tcp port on "
+                   "loopback lets every user of this machine read every note")
     r.add_argument("--no-discovery", action="store_true", help="no mDNS: static peers only")
     r.add_argument("--socket-group", metavar="GROUP",
                    help="let members of GROUP use the control and PUB sockets (systemd's unit: "
@@ -83,12 +89,33 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("text", metavar="TEXT", help="the note, or - to read it from stdin")
     pub.add_argument("--binary", action="store_true", help="publish stdin as bytes, not text")
 
-    t = sub.add_parser("tail", help="print notes as they arrive")
+    t = sub.add_parser(
+        "tail", help="print notes as they arrive, one a line (with the daemon stopped: "
+        "what the store holds, then exit)")
     t.add_argument("--all", action="store_true", help="start from the first note held")
+    t.add_argument("-n", "--lines", type=_count, metavar="N",
+                   help="start with the last N notes held")
+    t.add_argument("--no-follow", action="store_true",
+                   help="print the notes held and exit, without waiting for new ones")
     t.add_argument("--json", action="store_true", help="one JSON object a line")
 
-    s = sub.add_parser("status", help="node, group, peers, heads, counts, endpoints, join code")
+    s = sub.add_parser(
+        "status", help="this node and its name, the group, the daemon and its endpoints, "
+        "notes and forks, sync progress, and each peer: name, state and since when, last "
+        "heard, notes it lacks and we lack (--json adds heads and members; --code the join "
+        "code)")
     s.add_argument("--json", action="store_true", help="as JSON")
+    s.add_argument("--code", action="store_true",
+                   help="also show the group's join code (a secret: see zflood invite)")
+
+    sub.add_parser("invite", help="show the join code that adds a machine to this group")
+
+    m = sub.add_parser("members", help="every member: name, id, notes, when its latest note "
+                       "arrived here, whether it is linked now")
+    m.add_argument("--json", action="store_true", help="as JSON")
+    n = sub.add_parser("name", help="show this member's name, or give it a NEW one (every "
+                       "member sees it)")
+    n.add_argument("new", nargs="?", metavar="NEW", help="the new name")
 
     e = sub.add_parser("export", help="write every note, signed, to FILE (daemon stopped)")
     e.add_argument("file", type=Path, metavar="FILE")
@@ -103,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_chat(sub)
     add_mail(sub)
+    for name in ("tail", "status", "invite", "members", "name"):
+        # what `zflood --help` says of each, also atop its own --help
+        sub.choices[name].description = next(
+            a.help for a in sub._choices_actions if a.dest == name)
+    for command in (sub.choices["init"], sub.choices["join"]):
+        command.add_argument("--name", metavar="NAME",
+                             help="this member's name for the others (default: the host name)")
     for command in sub.choices.values():
         _place_options(command, argparse.SUPPRESS)
     return p
@@ -116,6 +150,16 @@ def _place_options(p: argparse.ArgumentParser, default: object) -> None:
     p.add_argument("--instance", metavar="NAME", default=default,
                    help="the systemd instance zflood@NAME: its state in /var/lib/zflood/NAME, "
                    "its sockets in /run/zflood/NAME")
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a count of notes: {text!r}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,9 +218,9 @@ def cmd_init(state: Path, args: argparse.Namespace) -> int:
     from .statedir import load_group
 
     if load_group(state) is not None:
-        raise LocalError(f"{state} already belongs to a group (its join code: zflood status)")
+        raise LocalError(f"{state} already belongs to a group (its join code: zflood invite)")
     group = Group.new()
-    node = _enter(state, group)
+    node = _enter(state, group, args.name)
     print(f"node {node.hex()} started group {group.id.hex()} in {state}")
     print("join the other machines with: zflood join CODE, where CODE is:")
     print(group.join_code)
@@ -189,7 +233,7 @@ def cmd_join(state: Path, args: argparse.Namespace) -> int:
 
     group = Group.from_join_code(_join_code(args.code))
     check_group(state, group)
-    node = _enter(state, group)
+    node = _enter(state, group, args.name)
     print(f"node {node.hex()} joined group {group.id.hex()}; now: zflood run")
     return 0
 
@@ -227,17 +271,46 @@ def _join_code(arg: str | None) -> str:
     return code
 
 
-def _enter(state: Path, group: Group) -> bytes:
-    """Make `state` a member of `group`; returns its node id. The store is opened first: if
-    it belongs to another group (its group.key lost), nothing is written."""
-    from .statedir import save_group
+def _enter(state: Path, group: Group, name: str | None) -> bytes:
+    """Make `state` a member of `group`, named `name` (default: the host name); returns its
+    node id. The store is opened first: if it belongs to another group (its group.key lost),
+    nothing is written."""
+    from .statedir import default_name, save_group
 
+    body = _name_note(name or default_name())
     node = _open(state, group)
     try:
         save_group(state, group)
+        if _members(node).name(node.id) is None:  # joining again keeps the name it has
+            _publish_offline(node, body)
     finally:
         node.close()
     return node.id
+
+
+def _publish_offline(node: Node, body: str | bytes) -> Note:
+    """Publish into a store the daemon is not running in, keeping its member table."""
+    note = node.publish(body)
+    _members(node)  # takes in the new note, with its time
+    return note
+
+
+def _name_note(name: str) -> bytes:
+    from .members import name_note
+
+    try:
+        return name_note(name, time.time())
+    except LocalError as e:
+        raise BadArgument(str(e)) from None
+
+
+def _members(node: Node) -> Members:
+    """The member table of a store the daemon is not running in, brought up to date."""
+    from .members import Members
+
+    members = Members.load(node, time.time())
+    members.save(node)
+    return members
 
 
 def cmd_run(state: Path, args: argparse.Namespace) -> int:
@@ -331,8 +404,10 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
         return 0
     # No daemon: publish straight into the store; it leaves with the next `zflood run`.
     node, _ = _offline_node(state)
-    note = node.publish(body)
-    node.close()
+    try:
+        note = _publish_offline(node, body)
+    finally:
+        node.close()
     print(f"published #{note.seqno} offline (index {note.index}); it goes out with zflood run")
     return 0
 
@@ -358,55 +433,239 @@ def _open(state: Path, group: Group) -> Node:
 
 
 def cmd_tail(state: Path, args: argparse.Namespace) -> int:
-    with _client(state) as client:
-        start = 0 if args.all else client.status()["notes"]
-        for note in client.follow(start):
-            print(_note_line(note, args.json), flush=True)
+    from .local import note_map
+    from .members import parse_name
+
+    follow = not args.no_follow
+    ends = _running(state)
+    notes: Iterable[dict[str, Any]]
+    if ends is None:  # read the store itself; nothing arrives while the daemon is stopped
+        node, _ = _offline_node(state)
+        try:
+            names = _members(node).names()
+            start = _tail_start(args, node.count)
+            for held in node.notes(start):
+                print(_note_line(note_map(held), names, args.json), flush=True)
+        finally:
+            node.close()
+        if follow:
+            print(f"zflood: no daemon is running in {state}: printed what the store holds; "
+                  "zflood run, then tail to follow", file=sys.stderr)
+        return 0
+    with _client(state, ends) as client:
+        status = client.status()
+        names = {m["origin"]: m["name"] for m in status.get("members", []) if m.get("name")}
+        count = status["notes"]
+        start = _tail_start(args, count)
+        notes = client.follow(start) if follow else _read_until(client, start, count)
+        for note in notes:
+            if note["index"] >= count:  # new: it may rename its origin from here on
+                name = parse_name(note["body"])
+                if name is not None:
+                    names[note["origin"].hex()] = name
+            print(_note_line(note, names, args.json), flush=True)
     return 0
 
 
-def _note_line(note: dict[str, Any], as_json: bool) -> str:
+def _tail_start(args: argparse.Namespace, count: int) -> int:
+    if args.all:
+        return 0
+    if args.lines is not None:
+        return max(0, count - int(args.lines))
+    return count
+
+
+def _read_until(client: Client, start: int, end: int) -> Iterator[dict[str, Any]]:
+    """The notes with index in [start, end) through the daemon."""
+    while start < end:
+        notes, start = client.read(start, min(end - start, 1000))
+        if not notes:
+            return
+        yield from (n for n in notes if n["index"] < end)
+
+
+def _note_line(note: dict[str, Any], names: dict[str, str], as_json: bool) -> str:
+    from .members import parse_name, short
+
     body = note["body"]
+    origin = note["origin"].hex()
     if as_json:
         out = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in note.items()}
         if isinstance(body, bytes):
             out["body"] = {"base64": base64.b64encode(body).decode()}
+        out["name"] = names.get(origin)
         return json.dumps(out, ensure_ascii=False)
-    text = body if isinstance(body, str) else f"<{len(body)} bytes>"
-    return f"{note['index']:>6} {note['origin'].hex()[:8]}#{note['seqno']} {text}"
+    if isinstance(body, str):
+        text = escape(body)
+    else:
+        name = parse_name(body)
+        text = f"<{len(body)} bytes>" if name is None else f"[names itself {name}]"
+    who = f"{short(origin)}#{note['seqno']}"
+    if origin in names:
+        who = f"{escape(names[origin])} {who}"
+    return f"{note['index']:>6} {who}: {text}"
 
 
-def cmd_status(state: Path, args: argparse.Namespace) -> int:
-    from .daemon import node_status
-    from .statedir import load_group
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: Marks that reorder text on a terminal (bidi overrides and isolates): shown escaped.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: newlines, tabs, backslashes and other control characters as
+    backslash escapes, so one note is one line and cannot move a terminal's cursor."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs", "Co", "Cn"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                       else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _status(state: Path) -> dict[str, Any]:
+    """What `status` reports: from the daemon if one runs, else from the store."""
+    from .status import node_status
 
     ends = _running(state)
     if ends:
         with _client(state, ends) as client:
-            status = dict(client.status(), running=True)
-        # a member of an instance's socket group may talk to it but not read its state
-        group = load_group(state) if os.access(state, os.R_OK | os.X_OK) else None
-    else:
-        node, group = _offline_node(state)
-        status = {**node_status(node), "running": False, "listen": None, "pub": [],
-                  "control": [], "peers": []}
+            return dict(client.status(), running=True)
+    node, _ = _offline_node(state)
+    try:
+        return {**node_status(node, _members(node)), "running": False, "listen": None,
+                "pub": [], "control": [], "peers": [], "sync": None}
+    finally:
         node.close()
-    status["code"] = group.join_code if group else None  # what `zflood join` on another needs
+
+
+def cmd_status(state: Path, args: argparse.Namespace) -> int:
+    from .members import short
+    from .progress import Report
+    from .statedir import load_group
+
+    status = _status(state)
+    if args.code:  # a secret: shown only when asked
+        group = load_group(state)
+        status["code"] = group.join_code if group else None
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"node    {status['node']}")
+    now = time.time()
+    name = status.get("name")
+    print(f"node    {escape(name) + ' ' if name else ''}({short(status['node'])}) {status['node']}")
     print(f"group   {status['group']}")
-    running = status["running"]
-    print(f"daemon  {'running, listening on ' + status['listen'] if running else 'stopped'}")
-    print(f"notes   {status['notes']} from {len(status['heads'])} origins; "
-          f"{len(status['forks'])} forks")
+    if status["running"]:
+        print(f"daemon  running, listening on {status['listen']}")
+        print(f"local   control {', '.join(status['control'])}; pub {', '.join(status['pub'])}")
+    else:
+        print("daemon  stopped")
+    members = status.get("members", [])
+    print(f"notes   {status['notes']} from {len(status['heads'])} origins "
+          f"({len(members)} members: zflood members); {len(status['forks'])} forks")
     for fork in status["forks"]:
         print(f"fork    {_fork_line(fork)}")
+    sync = status.get("sync")
+    if sync is not None:
+        print(f"sync    {Report(**sync).line()}")
     print(f"ed25519 by {status['ed25519']}")
     for peer in status["peers"]:
-        print(f"peer    {peer['node'][:16] or '?':16} {peer['state']:10} {peer['address']}")
-    print(f"code    {status['code']}  (zflood join CODE adds a machine; keep it secret)")
+        print(f"peer    {_peer_line(peer, now)}")
+    if args.code:
+        print(f"code    {status['code']}  (zflood join adds a machine; keep it secret)")
+    return 0
+
+
+def _peer_line(peer: dict[str, Any], now: float) -> str:
+    from .members import short
+    from .progress import duration
+
+    if peer["node"]:
+        who = f"{escape(peer['name'])} ({short(peer['node'])})" if peer.get("name") \
+            else short(peer["node"])
+    else:
+        who = "? (no answer yet)"
+    text = f"{who} {peer['state']}"
+    if peer.get("since") is not None:
+        text += f" for {duration(max(0.0, now - peer['since']))}"
+    heard = peer.get("heard")
+    text += f", heard {duration(max(0.0, now - heard))} ago" if heard is not None \
+        else ", not heard"
+    if peer.get("they_lack") is not None:
+        text += f"; it lacks {peer['they_lack']}, we lack {peer['we_lack']}"
+    return f"{text}; {peer['address']}"
+
+
+def cmd_members(state: Path, args: argparse.Namespace) -> int:
+    from .members import short
+    from .progress import duration
+
+    status = _status(state)
+    members = status["members"]
+    if args.json:
+        print(json.dumps(members, indent=2))
+        return 0
+    now = time.time()
+    rows = [("NAME", "ID", "NOTES", "LATEST NOTE ARRIVED", "LINKED")]
+    for m in members:
+        last = m["last"]
+        arrived = "-" if last is None else (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last))
+            + f" ({duration(max(0.0, now - last))} ago)")
+        linked = "this node" if m["self"] else "yes" if m["linked"] else "no"
+        rows.append((escape(m["name"]) if m["name"] else "-", short(m["origin"]),
+                     str(m["notes"]), arrived, linked))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    if not status["running"]:
+        print("(the daemon is stopped: nobody is linked)")
+    return 0
+
+
+def cmd_name(state: Path, args: argparse.Namespace) -> int:
+    from .members import parse_name, short
+
+    if args.new is None:
+        status = _status(state)
+        name = status.get("name")
+        print(escape(name) if name else f"(no name yet: {short(status['node'])}; "
+              "zflood name NEW gives it one)")
+        return 0
+    body = _name_note(args.new)
+    new = parse_name(body)
+    ends = _running(state)
+    if ends:
+        with _client(state, ends) as client:
+            client.publish(body)
+            node = client.status()["node"]
+    else:
+        offline, _ = _offline_node(state)
+        try:
+            _publish_offline(offline, body)
+            node = offline.id.hex()
+        finally:
+            offline.close()
+    later = "the others" if ends else "once the daemon runs, the others"
+    print(f"this member ({short(node)}) is now called {new}; {later} see it as it reaches them")
+    return 0
+
+
+def cmd_invite(state: Path, args: argparse.Namespace) -> int:
+    from .statedir import load_group
+
+    group = load_group(state)
+    if group is None:
+        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+    print("on the machine to add, run `zflood join` and paste this code (keep it secret):",
+          file=sys.stderr)
+    print(group.join_code)
     return 0
 
 
@@ -428,7 +687,10 @@ def cmd_export(state: Path, args: argparse.Namespace) -> int:
     node, _ = _offline_node(state)
     count = 0
     try:
-        with open(args.file, "wb") as f:
+        # every note of the group is in it: owner-only, as node.db is
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # the mode given to open applies only to a file it creates
+        with os.fdopen(fd, "wb") as f:
             cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
             for batch in node.export():
                 f.write(wire.encode(batch))
@@ -523,6 +785,9 @@ COMMANDS = {
     "demo": cmd_demo,
     "chat": cmd_chat,
     "mail": cmd_mail,
+    "invite": cmd_invite,
+    "members": cmd_members,
+    "name": cmd_name,
 }
 
 

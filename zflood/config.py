@@ -134,6 +134,11 @@ class Config:
     #: Repeated faults of one kind from one peer are logged once, then summarised this often.
     fault_summary: float = 60.0
 
+    # -- daemon --------------------------------------------------------------------------------
+    #: A sync that lasts longer than this logs its progress this often (arrival rates are
+    #: measured over twice this); the member table is saved to the store as often.
+    progress_interval: float = 5.0
+
     def __post_init__(self) -> None:
         if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst) < 1:
             raise ValueError("burst_messages, dial_slots, dial_attempts, hi_burst: at least 1")

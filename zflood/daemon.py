@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,19 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from . import __version__, identity
+from . import __version__
 from .config import DEFAULT, Config
 from .discovery import Discovery, record_key
 from .errors import ConfigurationError, LocalError
 from .local import LocalAPI, ipc_endpoints
+from .members import Members, name_note, short
 from .mesh import Link, Mesh
 from .node import Node
+from .progress import Progress, Report, lacking
 from .statedir import (
     ENDPOINTS,
     PORT,
+    default_name,
     load_group,
     open_node,
     port_choices,
@@ -45,6 +49,8 @@ from .statedir import (
     recorded_port,
     write_endpoints,
 )
+from .status import node_status, peer_rows
+from .store import Note
 from .systemd import join_from_credentials, sd_notify, watchdog_period
 
 log = logging.getLogger("zflood.daemon")
@@ -77,12 +83,18 @@ class Daemon:
         self.mesh: Mesh | None = None
         self.local: LocalAPI | None = None
         self.discovery: Discovery | None = None
+        self.members = Members()
+        self._renamed: dict[bytes, str] = {}  # names taken since the last report
+        self._next_report = 0.0
+        self._behind = False  # lacking notes at the last report: a sync under way a while
+        self.progress = Progress(2 * self.options.config.progress_interval)
         self.listen = ""
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        new = load_group(self.state) is None
         join_from_credentials(self.state)
         group = load_group(self.state)
         if group is None:
@@ -95,6 +107,10 @@ class Daemon:
         # a store with notes and no port kept ran before ports were: it keeps the old default
         listen = opts.listen or f"tcp://{ANY_HOST}:{kept or _free_port(group.id, node.count > 0)}"
         ctx = zmq.asyncio.Context()
+        self.members = Members.load(node, time.time())
+        node.subscribe(self._on_note, start=node.count)
+        if new:  # joined just now, from the systemd credential: named as `zflood join` names
+            node.publish(name_note(default_name(), time.time()))
         stack = contextlib.AsyncExitStack()
         pub, control = ipc_endpoints(runtime)
         try:
@@ -136,13 +152,16 @@ class Daemon:
                 await self.discovery.start()
             self._write_endpoints()
             log.info("zflood %s: node %s in group %s; listening on %s; %d notes held",
-                     __version__, node.id.hex()[:16], group.id.hex(), self.listen, node.count)
+                     __version__, self.members.label(node.id), group.id.hex(), self.listen,
+                     node.count)
             sd_notify("READY=1\nSTATUS=serving")
             await self._serve()
         finally:
             sd_notify("STOPPING=1")
             log.info("stopping")
             await stack.aclose()  # goodbye on mDNS, then BYE to peers, then the local API
+            with contextlib.suppress(Exception):  # a full disk: the next start replays it
+                self.members.save(node)
             node.close()
             ctx.term()
             with contextlib.suppress(FileNotFoundError):
@@ -154,6 +173,7 @@ class Daemon:
         tick = self.options.config.heartbeat / 2
         feed = watchdog_period()
         next_feed = loop.time()
+        self._next_report = next_feed
         pump = asyncio.create_task(self._pump(self.node))
         try:
             while not self._stop.is_set():
@@ -161,6 +181,7 @@ class Daemon:
                 self.node.tick(now)
                 assert self.local is not None
                 self.local.refresh()
+                self._report(now)
                 if feed is not None and now >= next_feed:
                     sd_notify("WATCHDOG=1")
                     next_feed = now + feed
@@ -186,9 +207,38 @@ class Daemon:
         finally:
             node.wake = None
 
+    def _report(self, now: float) -> None:
+        """Sample the sync's progress; every progress_interval log it if a sync is under way
+        (or just ended), log renames, and save the member table."""
+        assert self.node is not None
+        self.progress.sample(now, self.node.count)
+        if now < self._next_report:
+            return
+        self._next_report = now + self.options.config.progress_interval
+        report = self.sync_report()
+        if self._behind:  # still catching up, or just caught up
+            log.info("%s", report.line())
+        self._behind = report.lacking > 0
+        self._log_renames()
+        try:
+            self.members.save(self.node)
+        except Exception as e:  # a full disk, say: the table is rebuilt from the notes
+            log.warning("cannot save the member table: %s", e)
+
     def _on_link(self, link: Link) -> None:
         assert self.node is not None
+        log.info("linked to member %s", self.members.label(link.node))
         self.node.connect(link)  # the mesh logs links coming and going
+
+    def _on_note(self, note: Note) -> None:
+        name = self.members.see(note, time.time())
+        if name is not None and (note.origin in self._renamed or len(self._renamed) < 16):
+            self._renamed[note.origin] = name  # logged with the next report: a few lines
+
+    def _log_renames(self) -> None:
+        renamed, self._renamed = self._renamed, {}
+        for origin, name in renamed.items():
+            log.info("member %s is called %s", short(origin), name)
 
     def _set_link(self, node: bytes, up: bool) -> None:
         if self.mesh is not None:
@@ -212,15 +262,27 @@ class Daemon:
         }
         write_endpoints(self.state, data)
 
+    def sync_report(self) -> Report:
+        """How far behind its linked peers this node is, and how fast it catches up."""
+        assert self.node is not None
+        node = self.node
+        peers = [p["heads"] for p in node.peers() if p["ready"]]
+        return self.progress.report(node.count, lacking(node.heads, peers))  # type: ignore[arg-type]
+
     def status(self) -> dict[str, Any]:
         assert self.node is not None and self.mesh is not None and self.local is not None
+        engine_peers = self.node.peers()
+        linked = frozenset(p["node"] for p in engine_peers
+                           if p["ready"] and isinstance(p["node"], bytes))
         return {
-            **node_status(self.node),
+            **node_status(self.node, self.members, linked),
             "listen": self.listen,
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,
-            "peers": self.mesh.links(),
             "mesh": self.mesh.stats(),  # what its bounds hold and have refused
+            "peers": peer_rows(self.mesh.links(), engine_peers, self.node.heads, self.members,
+                               time.time()),
+            "sync": self.sync_report().as_dict(),
             "discovery": self.discovery is not None,
             "local": self.local.stats(),  # what waits for local clients that do not read
         }
@@ -265,18 +327,6 @@ def _share(directory: Path, endpoints: list[str], group: str) -> None:
         raise ConfigurationError(
             f"--socket-group {group}: this daemon is not in that group (the unit's "
             f"SupplementaryGroups={group} puts it there)") from None
-
-
-def node_status(node: Node) -> dict[str, Any]:
-    """What `status` says of the node itself, with the daemon running or not."""
-    return {
-        "node": node.id.hex(),
-        "group": node.group.hex(),
-        "notes": node.count,
-        "heads": {origin.hex(): count for origin, count in node.heads.items()},
-        "forks": node.fork_report(),  # where each forked origin split, what was kept
-        "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography
-    }
 
 
 def run(state: Path, options: Options) -> int:

@@ -25,6 +25,12 @@ from .statedir import endpoints_of
 
 NAMES = "abc"
 
+#: How the demo starts `zflood`. `-P`: not with the working directory first on sys.path. Run
+#: from the folder holding a checkout named `zflood`, `python -m zflood` would find that
+#: folder first and import it as an empty namespace package: setuptools' editable installs
+#: put their finder after the normal path search, so it is never asked.
+ZFLOOD = [sys.executable, "-P", "-m", "zflood"]
+
 
 class Member:
     def __init__(self, name: str, root: Path) -> None:
@@ -36,7 +42,7 @@ class Member:
 
     def zflood(self, *args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "zflood", "--state", str(self.state), *args],
+            [*ZFLOOD, "--state", str(self.state), *args],
             capture_output=True, text=True, timeout=30,
         )
         if out.returncode:
@@ -46,7 +52,7 @@ class Member:
     def start(self, deadline: float) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "zflood", "--state", str(self.state), "run",
+                [*ZFLOOD, "--state", str(self.state), "run",
                  "--listen", "tcp://127.0.0.1:0", "--interface", "127.0.0.1"],
                 stdout=subprocess.DEVNULL, stderr=log,
             )

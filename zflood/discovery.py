@@ -206,7 +206,7 @@ class Discovery:
         if state_change is ServiceStateChange.Removed:
             gone = self._reported.pop(name, None)
             if gone is not None:
-                log.info("lost %s", gone[0].hex()[:12])
+                log.info("lost %s", gone[0].hex()[:8])
                 try:
                     self._on_lost(gone[0])
                 except Exception:
@@ -263,5 +263,5 @@ class Discovery:
                 del self._reported[next(iter(self._reported))]
             # debug, not info: a record is a claim anyone can make, thousands at a time; the
             # mesh logs a link once the member proves itself
-            log.debug("found %s at %s", node.hex()[:12], endpoint)
+            log.debug("found %s at %s", node.hex()[:8], endpoint)
             self._on_found(node, endpoint)

@@ -54,7 +54,12 @@ def hi_payload(node: bytes, port: int, nonce: bytes, hears: int) -> bytes:
 
 
 def short(node: bytes) -> str:
-    return node.hex()[:12]
+    return node.hex()[:8]  # the one short id form (zflood.members.short)
+
+
+def _same_host(endpoint: str) -> str:
+    """An endpoint, with localhost spelt as the address a peer's connections come from."""
+    return endpoint.replace("//localhost:", "//127.0.0.1:")
 
 
 _P = 2**255 - 19
@@ -148,6 +153,7 @@ class _Peer:
     heard_us_at: float = 0.0  # last HI saying it hears us, or when we last (re)dialled it
     seen_at: str = ""  # its ROUTER at the address its connections come from
     linked: bool = False
+    since: float | None = None  # when it was first heard of, or its link came up or went down
     retry_at: float = 0.0
     trial_until: float | None = None  # unproven and dialled: give up at
     tries: int = 0  # failed trials while unproven
@@ -203,20 +209,30 @@ class Liveness:
         peer = self._peers.get(node)
         return peer is not None and peer.linked
 
-    def links(self) -> list[dict[str, str]]:
+    def links(self, now: float | None = None) -> list[dict[str, str | float | None]]:
         """Peers for status: members and the records on trial (not those waiting their turn:
-        a flood of fake records must not flood status too)."""
-        rows = [
+        a flood of fake records must not flood status too). Given `now`, each row says how
+        many seconds ago it took its state ("since") and was last heard ("heard"); None when
+        not known. A static peer that answered shows once, under its node."""
+        def ago(t: float | None) -> float | None:
+            return None if t is None or now is None else now - t
+
+        shown = [p for p in self._peers.values()
+                 if p.proven or p.dialled or p.node in self._cut]
+        rows: list[dict[str, str | float | None]] = [
             {
                 "node": p.node.hex(),
                 "address": p.endpoint,
                 "state": "connected" if p.linked
                 else "cut" if p.node in self._cut else "connecting",
+                "since": ago(p.since),
+                "heard": ago(p.heard_at),
             }
-            for p in self._peers.values()
-            if p.proven or p.dialled or p.node in self._cut
+            for p in shown
         ]
-        rows += [{"node": "", "address": e, "state": "dialling"} for e in self._knockers]
+        known = {_same_host(a) for p in shown for a in (p.endpoint, p.seen_at)}
+        rows += [{"node": "", "address": e, "state": "dialling", "since": None, "heard": None}
+                 for e in self._knockers if _same_host(e) not in known]
         return rows
 
     def stats(self) -> dict[str, int]:
@@ -239,7 +255,7 @@ class Liveness:
         if node == self.node:
             return out
         new = node not in self._peers
-        peer = self._peer(node)
+        peer = self._peer(node, now)
         peer.announced = True
         if node in self._cut:
             peer.endpoint = peer.endpoint or endpoint  # where heal() dials it
@@ -352,7 +368,7 @@ class Liveness:
             return out
         if node in self._cut:
             return out
-        peer = self._peer(node)
+        peer = self._peer(node, now)
         self._prove(peer, user_id)
         restarted = peer.nonce is not None and peer.nonce != nonce
         heard_us = peer.they_hear and not restarted
@@ -463,10 +479,10 @@ class Liveness:
 
     # -- rules -----------------------------------------------------------------------------
 
-    def _peer(self, node: bytes) -> _Peer:
+    def _peer(self, node: bytes, now: float) -> _Peer:
         peer = self._peers.get(node)
         if peer is None:
-            peer = self._peers[node] = _Peer(node)
+            peer = self._peers[node] = _Peer(node, since=now)
         return peer
 
     def _take_hi(self, now: float, user_id: str, peer_ip: str) -> bool:
@@ -578,6 +594,7 @@ class Liveness:
             and now >= peer.retry_at
         ):
             peer.linked = True
+            peer.since = now
             out.append(LinkUp(peer.node))
 
     def _drop_link(self, peer: _Peer, reason: str, now: float, out: list[Action], *,
@@ -586,6 +603,7 @@ class Liveness:
         if not peer.linked:
             return
         peer.linked = False
+        peer.since = now
         peer.retry_at = now + self.config.reconnect
         out.append(LinkDown(peer.node, reason, bye))
 

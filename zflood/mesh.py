@@ -245,8 +245,8 @@ class Mesh:
         """Undo `cut(node)`: dial it again where it was announced, and hear it again."""
         self._do(self.liveness.heal(self._now(), node))
 
-    def links(self) -> list[dict[str, str]]:
-        return self.liveness.links()
+    def links(self) -> list[dict[str, str | float | None]]:
+        return self.liveness.links(self._now())
 
     def stats(self) -> dict[str, int]:
         """What the liveness bounds hold and have refused (records waiting, HIs dropped)."""

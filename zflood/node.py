@@ -44,7 +44,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import cbor2
 
@@ -493,6 +493,17 @@ class Node:
         except RemoteProtocolError as e:
             raise LocalError(f"bad batch of {_h(batch.origin)} at {batch.start}: {e}") from None
         return self._store.next_index - before
+
+    def get_meta(self, key: str) -> Any:
+        """A value an application layer keeps in the store beside the notes (the member
+        table, say); "seed" and "group" are the engine's own."""
+        return self._store.get_meta(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        if key in ("seed", "group"):
+            raise LocalError(f"meta key {key!r} is the engine's own")
+        self._check_open()
+        self._store.set_meta(key, value)
 
     def peers(self) -> list[dict[str, object]]:
         return [

@@ -189,3 +189,15 @@ def port_choices(group: bytes, *, legacy: bool) -> list[int]:
         ports.remove(DEFAULT_PORT)
         ports.insert(0, DEFAULT_PORT)
     return ports
+
+
+def default_name() -> str:
+    """A new member's name: this machine's host name, if it can be one."""
+    import socket
+
+    from .members import check_name
+
+    try:
+        return check_name(socket.gethostname().split(".")[0])
+    except LocalError:
+        return "member"

@@ -1,0 +1,83 @@
+"""What `zflood status` and `zflood members` report, built from the engine, the member table
+and the mesh's link rows; the daemon and the CLI (with the daemon stopped) both use it.
+
+Times in these maps are Unix times (seconds) from the caller's wall clock: a link row's ages
+are turned into times when the report is built, so a reader in another process can show
+"since" and "last heard" as it likes. Nothing here imports zmq or asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import identity
+from .members import Members
+from .node import Node
+from .progress import gaps
+
+Map = dict[str, Any]
+
+
+def node_status(node: Node, members: Members, linked: frozenset[bytes] = frozenset()) -> Map:
+    """What `status` says of the node itself, with the daemon running or not."""
+    return {
+        "node": node.id.hex(),
+        "name": members.name(node.id),
+        "group": node.group.hex(),
+        "notes": node.count,
+        "heads": {origin.hex(): count for origin, count in node.heads.items()},
+        "forks": node.fork_report(),  # where each forked origin split, what was kept
+        "members": member_rows(node, members, linked),
+        "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography
+    }
+
+
+def member_rows(node: Node, members: Members, linked: frozenset[bytes]) -> list[Map]:
+    """Every origin the group holds: name, notes held, when its latest note arrived here
+    (local time: None if none arrived since names were kept), and whether it is linked."""
+    rows = []
+    for origin, count in node.heads.items():
+        m = members.get(origin)
+        rows.append({
+            "origin": origin.hex(),
+            "name": m.name,
+            "notes": count,
+            "last": m.last_at,
+            "linked": origin in linked,
+            "self": origin == node.id,
+        })
+    rows.sort(key=lambda r: (not r["self"], str(r["name"] or "~").lower(), str(r["origin"])))
+    return rows
+
+
+def peer_rows(
+    links: Sequence[Mapping[str, Any]],
+    engine_peers: Sequence[Mapping[str, Any]],
+    ours: Mapping[bytes, int],
+    members: Members,
+    wall: float,
+) -> list[Map]:
+    """The mesh's link rows with each peer's name, times, and what each side lacks.
+
+    `they_lack` counts notes we hold that the peer does not, `we_lack` the reverse, as far as
+    the engine knows its heads (None while no engine link is up)."""
+    heads: dict[bytes, Mapping[bytes, int]] = {}
+    for p in engine_peers:
+        if p.get("ready") and isinstance(p.get("node"), bytes):
+            heads[p["node"]] = p["heads"]
+    rows = []
+    for link in links:
+        row = dict(link)
+        node = bytes.fromhex(row["node"]) if row.get("node") else None
+        row["name"] = members.name(node) if node else None
+        for key in ("since", "heard"):
+            ago = row.get(key)
+            row[key] = None if ago is None else wall - ago
+        theirs = heads.get(node) if node else None
+        if theirs is None:
+            row["they_lack"] = row["we_lack"] = None
+        else:
+            row["they_lack"], row["we_lack"] = gaps(ours, theirs)
+        rows.append(row)
+    return rows
