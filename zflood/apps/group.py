@@ -83,7 +83,12 @@ class Offline:
         return self.node.count
 
     def names(self) -> dict[str, str]:
-        return {}  # names are read from the daemon; offline, members show by short id
+        """Member names by origin (hex), from the member table in the store."""
+        import time
+
+        from ..members import Members
+
+        return Members.load(self.node, time.time()).names()
 
     def close(self) -> None:
         self.node.close()
