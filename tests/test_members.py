@@ -9,12 +9,15 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zflood import Node
 from zflood.errors import LocalError
 from zflood.members import MAX_NAME, Members, check_name, name_note, parse_name, short
 from zflood.progress import Progress, Report, duration, gaps, lacking
 from zflood.sim import Sim
+from zflood.status import peer_rows
 
 GROUP = b"g" * 16
 
@@ -76,7 +79,9 @@ def test_a_name_note_names_only_its_own_origin() -> None:
     cbor2.dumps(["zflood", "name"]),
     b"\xa2czflood",  # a map header and the word, not CBOR
     cbor2.dumps({"app": "zflood", "name": "ok", "pad": "zflood" * 300}),  # too large
-], ids=range(9))
+    cbor2.dumps({"app": "zflood", "name": "ok"}) + b"\x00",  # something after the map
+    b"",
+], ids=range(11))
 def test_what_is_not_a_valid_name_note_names_nobody(body: str | bytes) -> None:
     assert parse_name(body) is None
 
@@ -164,3 +169,33 @@ def test_progress_gives_rate_and_time_left() -> None:
 ])
 def test_durations_read_as_people_say_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+@given(st.binary(max_size=200))
+def test_no_body_makes_the_name_parser_raise(data: bytes) -> None:
+    for body in (data, b"\xa2" + data + b"zflood", b"\xbf" + b"zflood" + data):
+        name = parse_name(body)
+        assert name is None or name == check_name(name)
+
+
+def test_peer_rows_carry_name_times_and_what_each_side_lacks() -> None:
+    a, b = b"a" * 32, b"b" * 32
+    members = Members()
+    node = Node(group=GROUP)
+    members.see(node.publish(name_note("here", 0.0)), 1.0)
+    links: list[dict[str, Any]] = [
+        {"node": node.id.hex(), "address": "tcp://10.0.0.2:4077", "state": "connected",
+         "since": 30.0, "heard": 0.5},
+        {"node": b.hex(), "address": "tcp://10.0.0.3:4077", "state": "connecting",
+         "since": 12.0, "heard": None},
+        {"node": "", "address": "tcp://10.0.0.4:4077", "state": "dialling",
+         "since": None, "heard": None},
+    ]
+    engine: list[dict[str, Any]] = [{"node": node.id, "ready": True, "heads": {a: 2, node.id: 1}},
+              {"node": b, "ready": False, "heads": {}}]
+    rows = peer_rows(links, engine, {a: 5}, members, wall=1000.0)
+    assert [(r["name"], r["since"], r["heard"], r["they_lack"], r["we_lack"]) for r in rows] == [
+        ("here", 970.0, 999.5, 3, 1),
+        (None, 988.0, None, None, None),  # no engine link: nothing known of its heads
+        (None, None, None, None, None),
+    ]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import cbor2
 
+from .appnote import app_of
 from .errors import LocalError
 
 if TYPE_CHECKING:
@@ -69,17 +70,11 @@ def parse_name(body: Body) -> str | None:
     if (
         type(body) is not bytes
         or len(body) > _MAX_NAME_NOTE
-        or not 0xA0 <= body[0] <= 0xBF  # a CBOR map
         or b"zflood" not in body  # most notes stop here, cheaply
+        or app_of(body) != APP  # what every app note is checked by
     ):
         return None
-    try:
-        item = cbor2.loads(body)
-    except Exception:  # anyone's bytes: any decoding failure means "not a name note"
-        return None
-    if not isinstance(item, dict) or item.get("app") != APP:
-        return None
-    name = item.get("name")
+    name = cbor2.loads(body).get("name")  # app_of decoded it: a map, nothing after it
     if not isinstance(name, str):
         return None
     try:
