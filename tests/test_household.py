@@ -314,3 +314,15 @@ def test_a_damaged_group_key_is_a_configuration_error(tmp: Path) -> None:
     rc, lines = journal_run(state, "run", "--no-discovery")
     assert rc == 78 and len(lines) == 1, lines
     assert lines[0].startswith(f"<3>zflood: cannot read {state / 'group.key'}: "), lines
+
+
+def test_log_levels_map_to_syslog_priorities_line_by_line() -> None:
+    import logging
+
+    from zflood.systemd import JournalFormatter, priority
+
+    assert [priority(level) for level in (50, 40, 30, 20, 10)] == [2, 3, 4, 6, 7]
+    record = logging.LogRecord("zflood.mesh", logging.WARNING, __file__, 1,
+                               "first\nsecond", None, None)
+    assert JournalFormatter().format(record).splitlines() == [
+        "<4>WARNING zflood.mesh: first", "<4>second"]

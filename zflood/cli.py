@@ -352,8 +352,10 @@ def _running(state: Path) -> dict[str, Any] | None:
     from .store import in_use
 
     runtime = runtime_dir_of(state)
-    if runtime is not None:
-        return _instance_running(runtime)
+    found = _instance_running(runtime) if runtime is not None else None
+    if found:
+        return found
+    # (an instance's state served by a `zflood run` outside systemd has its sockets beside it)
     try:
         ends = read_endpoints(state)
         os.kill(ends["pid"], 0)
