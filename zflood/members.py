@@ -38,6 +38,9 @@ APP = "zflood"
 MAX_NAME = 64
 #: A name note is a small CBOR map: anything larger is some other app's note, not parsed.
 _MAX_NAME_NOTE = 1024
+#: "app": "zflood" as CBOR writes it (definite-length text, as every encoder writes short
+#: strings): a body without these bytes is no name note, and most notes stop at this search.
+_MARK = b"\x63app\x66zflood"
 _META_NEXT = "members/next"
 _META_ROW = "member/"
 _SHORT = 8  # hex digits of an origin id shown wherever a name is not enough
@@ -70,7 +73,7 @@ def parse_name(body: Body) -> str | None:
     if (
         type(body) is not bytes
         or len(body) > _MAX_NAME_NOTE
-        or b"zflood" not in body  # most notes stop here, cheaply
+        or _MARK not in body  # most notes stop here, cheaply
         or app_of(body) != APP  # what every app note is checked by
     ):
         return None
@@ -135,9 +138,13 @@ class Members:
             member = self._members[origin] = Member(origin)
         member.last_at = now
         self._dirty.add(origin)
-        if note.index >= self.next:
-            self.next = note.index + 1
-        name = parse_name(note.body)
+        index = note.index
+        if index >= self.next:
+            self.next = index + 1
+        body = note.body
+        if type(body) is not bytes or _MARK not in body:  # the usual case, without a call
+            return None
+        name = parse_name(body)
         if name is not None and note.seqno > member.name_seqno:
             member.name_seqno = note.seqno
             if name != member.name:
