@@ -571,8 +571,9 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     members = status.get("members", [])
     print(f"notes   {status['notes']} from {len(status['heads'])} origins "
           f"({len(members)} members: zflood members); {len(status['forks'])} forks")
+    names = {m["origin"]: m["name"] for m in members if m.get("name")}
     for fork in status["forks"]:
-        print(f"fork    {_fork_line(fork)}")
+        print(f"fork    {_fork_line(fork, names)}")
     sync = status.get("sync")
     if sync is not None:
         print(f"sync    {Report(**sync).line()}")
@@ -671,10 +672,14 @@ def cmd_invite(state: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _fork_line(fork: dict[str, Any]) -> str:
+def _fork_line(fork: dict[str, Any], names: dict[str, str]) -> str:
     """One fork for `status`: the origin, where its branches split, which was kept, and
     what was published again."""
-    who = "this node" if fork["ours"] else fork["origin"][:16]
+    from .members import short
+
+    origin = fork["origin"]
+    who = "this node" if fork["ours"] else (
+        f"{escape(names[origin])} ({short(origin)})" if origin in names else short(origin))
     line = (f"{who} split at #{fork['seqno']}: kept {fork['kept'][:8]}, "
             f"dropped {fork['lost'][:8]} ({fork['dropped']} held off the log)")
     if fork["published_again"]:
