@@ -111,9 +111,10 @@ class _Peer:
     closed: bool = False
     prompted: bool = False  # we asked it to resend its hello
     heads: dict[bytes, int] = field(default_factory=dict)  # what we know it holds
+    told: dict[bytes, int] = field(default_factory=dict)  # what it said or showed it holds
     announced: dict[bytes, int] = field(default_factory=dict)  # what we told it we hold
     links: frozenset[bytes] = frozenset()  # origins it is linked to directly
-    walking: dict[bytes, int] = field(default_factory=dict)  # origin -> where we asked from
+    walking: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # origin -> asked
     shown: set[tuple[bytes, int]] = field(default_factory=set)  # forks we showed it our side of
     slow: dict[bytes, float] = field(default_factory=dict)  # origin -> avoid asking until
     hello_at: float | None = None
@@ -617,6 +618,7 @@ class Node:
                 self._send(peer, wire.Want(origin, count - 1, count))
 
     def _learn(self, peer: _Peer, heads: dict[bytes, int]) -> None:
+        told = peer.told
         forked = self._log.forked
         for origin, count in heads.items():
             held = self._log.count(origin)
@@ -630,9 +632,25 @@ class Node:
                 if not self._room_for(origin, peer):
                     continue
                 peer.claims[origin] = None
-            # a peer's count of a forked origin may go down: it took the other branch
-            if count > peer.heads.get(origin, 0) or origin in forked:
+            theirs = peer.heads.get(origin, 0)
+            if count > theirs:
                 peer.heads[origin] = count
+            elif count < theirs and (count < told.get(origin, 0) or origin in forked):
+                # That origin forked and it took the other branch: what we took it to hold
+                # is void. Tell it again what we hold (we may be its way to the rest).
+                peer.heads[origin] = count
+                peer.sent.pop(origin, None)  # what we sent it of the other branch, it dropped
+                if peer.announced.get(origin, 0) > count:
+                    peer.announced[origin] = count
+                if origin == self.id:
+                    self._unpushed = True
+                else:
+                    self._announce_to(peer, origin)
+                req = self._requests.get(origin)
+                if req is not None and req.peer is peer:
+                    del self._requests[origin]  # it lacks what we asked of it
+                    self._plan(origin)
+            told[origin] = count
             if count > held:
                 self._plan(origin)
 
@@ -665,6 +683,8 @@ class Node:
         self.stats.bodies_in += len(msg.bodies)
         if msg.end > peer.heads.get(msg.origin, 0):
             peer.heads[msg.origin] = msg.end
+        if msg.end > peer.told.get(msg.origin, 0):
+            peer.told[msg.origin] = msg.end  # it showed it holds that much
         if self._depth > 1:  # inside a driver's batch: merge runs, verify once at the end
             key = (peer, msg.origin)
             run = self._runs.get(key)
@@ -747,11 +767,21 @@ class Node:
     def _walk_back(self, peer: _Peer, origin: bytes, start: int) -> None:
         """`peer`'s chain of `origin` differs from ours before `start`: ask it for the notes
         before, until a run of them links to our chain and shows where the two split."""
-        low = max(0, start - self.config.batch_notes)
-        if peer.walking.get(origin) == low:
-            return  # asked already
-        peer.walking[origin] = low
+        # A fork is usually a few notes back (a restored backup): ask for one note, then
+        # twice as many each time the answer still does not link.
+        asked = peer.walking.get(origin)
+        span = 1
+        if asked is not None:
+            if asked == (max(0, start - 1), start) or asked[0] < start < asked[1]:
+                return  # asked already, or an earlier part of the answer
+            if asked[0] == start:
+                span = min(2 * (asked[1] - asked[0]), self.config.batch_notes)
+        low = max(0, start - span)
+        peer.walking[origin] = (low, start)
         self._send(peer, wire.Want(origin, low, start))
+        req = self._requests.get(origin)
+        if req is not None and req.peer is peer:
+            del self._requests[origin]  # its answer did not link: planned again once it does
 
     def _fork(
         self, peer: _Peer, origin: bytes, seqno: int, ours: bytes, start: int, prev: bytes,
@@ -794,9 +824,15 @@ class Node:
             other.sent.pop(origin, None)
         self.stats.accepted += len(rows)
         self._deliver_rows(origin, seqno, rows, first_index, shown)
+        have = self._log.count(origin)
         for other in self._peers:
-            if other.announced.get(origin, 0) > seqno:
-                other.announced[origin] = seqno
+            # what we inferred it holds (from what we sent it) was of our old branch
+            other.heads[origin] = other.told.get(origin, 0)
+            # what we hold of it went back, or changed: say so (peers take a count that
+            # went back from the peer itself, see _learn), before asking anything of it
+            if other.ready and not other.closed:
+                self._send_pages(other, [(origin, have)], tips=False, announce=True)
+        peer.heads[origin] = max(peer.heads[origin], start + len(bodies))
         req = self._requests.get(origin)
         if req is not None:
             del self._requests[origin]
@@ -958,7 +994,7 @@ class Node:
             # what it turned down, so what we sent no longer counts (once a request_timeout,
             # as for a re-ask after silence).
             self._unqueue(peer, origin)
-            sent = peer.sent[origin] = _Sent(starts=sent.starts, walked_at=now)
+            sent = peer.sent[origin] = _Sent(begin=start, starts=sent.starts, walked_at=now)
             sent.starts.clear()
         elif below:
             sent.begin = start  # never sent: serve it, and count it as sent from here
@@ -1170,7 +1206,9 @@ class Node:
                     self._send(peer, links)
         pending, self._pending_heads = self._pending_heads, {}
         for peer, heads in pending.items():
-            self._send_pages(peer, list(heads.items()), tips=False, announce=False)
+            # what we hold now: a fork may have changed it since it was queued
+            now = [(origin, self._log.count(origin)) for origin in heads]
+            self._send_pages(peer, now, tips=False, announce=True)
         waiting = False
         for peer in list(self._peers):
             if peer.queue:
