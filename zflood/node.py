@@ -832,7 +832,7 @@ class Node:
             # went back from the peer itself, see _learn), before asking anything of it
             if other.ready and not other.closed:
                 self._send_pages(other, [(origin, have)], tips=False, announce=True)
-        peer.heads[origin] = max(peer.heads[origin], start + len(bodies))
+        peer.heads[origin] = max(peer.heads.get(origin, 0), start + len(bodies))
         req = self._requests.get(origin)
         if req is not None:
             del self._requests[origin]
