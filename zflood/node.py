@@ -32,6 +32,12 @@ remembered up to `claims_per_peer`, and asked of it at most `new_origin_window` 
 claim it does not deliver within `request_timeout` is forgotten and halves that window.
 Repeated faults are logged once per peer through `QuietLog`, then counted.
 
+Forks (two validly signed chains of one origin) are found when a run does not link to ours
+(then the notes before it are asked, one, then twice as many, until they do) or differs
+from ours where both hold notes; `log.py` decides which branch is kept and how the origin
+heals. A member that changed branch tells its peers its count at once, and a peer whose count
+of a forked origin goes back has what we took it to hold, and sent it, forgotten.
+
 Inside `with node.batch():` pushes of own notes and verification of received notes are
 coalesced: one signature and one frame for a run of publishes, one verify and one transaction
 for a run of received pushes. A driver wraps each burst of work in it.

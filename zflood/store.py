@@ -11,8 +11,16 @@ lookup, so opening a store costs O(origins * log n) whatever the history. WAL wi
 synchronous=NORMAL makes a commit durable against a crash of the process (kill -9) once
 `commit` returns; `fsync=True` switches to synchronous=FULL for power loss. App notes (a CBOR
 map body with a text `app`, see appnote.py) are also indexed by (app, idx) in `app_notes`,
-kept by triggers in the statement that stores the note. Only the engine
-writes; nothing here knows the protocol.
+kept by triggers in the statement that stores the note.
+
+Forks (the rule is in log.py). `replace` puts another branch in place of an origin's chain
+from a seqno, in one transaction: the notes it replaces move to `dropped`, keeping their index
+where they were delivered (replay merges them in by index, so what was delivered stays where
+it was), and the new rows get new indices, so within an origin the index still grows with the
+seqno. An index once given is never given again (opening takes the highest in `dropped` into
+account). `again` holds, for chain notes that publish another's body again, the body replay
+shows, or that it shows nothing (hidden: that body was delivered here already). Only the
+engine writes; nothing here knows the protocol.
 """
 
 from __future__ import annotations
