@@ -17,7 +17,7 @@ from zflood.errors import LocalError
 from zflood.members import MAX_NAME, Members, check_name, name_note, parse_name, short
 from zflood.progress import Progress, Report, duration, gaps, lacking
 from zflood.sim import Sim
-from zflood.status import peer_rows
+from zflood.status import node_status, peer_rows
 
 GROUP = b"g" * 16
 
@@ -199,3 +199,18 @@ def test_peer_rows_carry_name_times_and_what_each_side_lacks() -> None:
         (None, 988.0, None, None, None),  # no engine link: nothing known of its heads
         (None, None, None, None, None),
     ]
+
+
+def test_status_lists_this_node_and_named_members_first_within_its_limit() -> None:
+    nodes = [Node(group=GROUP) for _ in range(5)]
+    nodes[3].publish(name_note("named", 0.0))
+    for n in nodes:
+        n.publish("hello")
+    linked(*nodes)
+    members = Members()
+    for note in nodes[0].notes():
+        members.see(note, 1.0)
+    st = node_status(nodes[0], members, limit=2)
+    assert [m["origin"] for m in st["members"]] == [nodes[0].id.hex(), nodes[3].id.hex()]
+    assert st["members"][1]["name"] == "named" and st["members_left_out"] == 3
+    assert len(node_status(nodes[0], members)["members"]) == 5  # no limit: every origin

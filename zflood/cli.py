@@ -627,6 +627,9 @@ def cmd_members(state: Path, args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    if status.get("members_left_out"):
+        print(f"(and {status['members_left_out']} more origins the running daemon does not "
+              "list; with it stopped, zflood members lists every one)")
     if not status["running"]:
         print("(the daemon is stopped: nobody is linked)")
     return 0

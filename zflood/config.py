@@ -138,6 +138,9 @@ class Config:
     #: A sync that lasts longer than this logs its progress this often (arrival rates are
     #: measured over twice this); the member table is saved to the store as often.
     progress_interval: float = 5.0
+    #: Most members a status reply lists (named ones first): a group is a few machines, but
+    #: a member gone bad can mint thousands of origins, and status must stay quick.
+    status_members: int = 1024
 
     def __post_init__(self) -> None:
         if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst) < 1:

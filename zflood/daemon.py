@@ -275,7 +275,8 @@ class Daemon:
         linked = frozenset(p["node"] for p in engine_peers
                            if p["ready"] and isinstance(p["node"], bytes))
         return {
-            **node_status(self.node, self.members, linked),
+            **node_status(self.node, self.members, linked,
+                          self.options.config.status_members),
             "listen": self.listen,
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,

@@ -8,6 +8,7 @@ are turned into times when the report is built, so a reader in another process c
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,35 +20,58 @@ from .progress import gaps
 Map = dict[str, Any]
 
 
-def node_status(node: Node, members: Members, linked: frozenset[bytes] = frozenset()) -> Map:
-    """What `status` says of the node itself, with the daemon running or not."""
+def node_status(node: Node, members: Members, linked: frozenset[bytes] = frozenset(),
+                limit: int | None = None) -> Map:
+    """What `status` says of the node itself, with the daemon running or not; at most
+    `limit` members are listed (see `member_rows`), `members_left_out` says how many more
+    origins the group holds."""
+    heads = node.heads
+    rows = member_rows(node, members, linked, limit)
     return {
         "node": node.id.hex(),
         "name": members.name(node.id),
         "group": node.group.hex(),
         "notes": node.count,
-        "heads": {origin.hex(): count for origin, count in node.heads.items()},
+        "heads": {origin.hex(): count for origin, count in heads.items()},
         "forks": node.fork_report(),  # where each forked origin split, what was kept
-        "members": member_rows(node, members, linked),
+        "members": rows,
+        "members_left_out": len(heads) - len(rows),
         "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography
     }
 
 
-def member_rows(node: Node, members: Members, linked: frozenset[bytes]) -> list[Map]:
-    """Every origin the group holds: name, notes held, when its latest note arrived here
-    (local time: None if none arrived since names were kept), and whether it is linked."""
-    rows = []
-    for origin, count in node.heads.items():
+def member_rows(node: Node, members: Members, linked: frozenset[bytes],
+                limit: int | None = None) -> list[Map]:
+    """Origins the group holds: name, notes held, when its latest note arrived here (local
+    time: None if none arrived since names were kept), and whether it is linked. This node
+    first, then the named by name, then the rest by notes held; at most `limit`, and only
+    those shown cost anything (a member gone bad may have minted thousands of origins)."""
+    heads = node.heads
+    own = [node.id] if node.id in heads else []
+    named = sorted((m for m in members if m.name and m.origin in heads and m.origin != node.id),
+                   key=lambda m: (str(m.name).lower(), m.origin))
+    chosen = own + [m.origin for m in named]
+    room = None if limit is None else max(0, limit - len(chosen))
+    if room is None or room > 0:
+        taken = set(chosen)
+        rest = [o for o in heads if o not in taken]
+        if room is None or room < len(rest):
+            rest = heapq.nsmallest(len(rest) if room is None else room, rest,
+                                   key=lambda o: (-heads[o], o))
+        chosen += rest
+    if limit is not None:
+        chosen = chosen[:limit]
+    rows: list[Map] = []
+    for origin in chosen:
         m = members.get(origin)
         rows.append({
             "origin": origin.hex(),
             "name": m.name,
-            "notes": count,
+            "notes": heads[origin],
             "last": m.last_at,
             "linked": origin in linked,
             "self": origin == node.id,
         })
-    rows.sort(key=lambda r: (not r["self"], str(r["name"] or "~").lower(), str(r["origin"])))
     return rows
 
 
