@@ -5,6 +5,7 @@ publishes its losing notes' bodies again, so every body written reaches every me
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 import shutil
 import tempfile
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from channels import ManualChannel
 
-from zflood import Node, Note
+from zflood import Node, Note, wire
 from zflood.errors import LocalError
+from zflood.identity import SigningKey
 from zflood.log import AGAIN_PREFIX, again, carried, kept
 from zflood.sim import Sim, SimChannel
 from zflood.store import Store
@@ -297,3 +300,39 @@ def test_a_body_that_looks_published_again_is_refused_locally_and_opaque_from_a_
     assert carried(5, bytes(32), AGAIN_PREFIX + b"junk") is None
     assert carried(5, bytes(32), again(2, b"r" * 32, "hi")) == (b"r" * 32, 2, "hi")
     assert carried(2, bytes(32), again(2, b"r" * 32, "hi")) is None  # a root before itself
+
+
+def test_a_peer_claiming_notes_of_ours_it_never_sends_does_not_stop_healing() -> None:
+    """Healing waits until we hold what peers hold of our log (else the bodies published
+    again would land beside notes we lack), but not for a peer whose claim goes unanswered."""
+    rng = random.Random(7)
+    live = keyed(rng)
+    live.publish("zero")
+    backup = live.pickle()
+    live.publish("one, live")
+    for i in itertools.count():  # the live branch must win: the restored one heals
+        restored = Node(backup)
+        restored.publish(f"one, restored {i}")
+        ids = chains(live)[live.id][1], chains(restored)[live.id][1]
+        if kept(*ids) == ids[0]:
+            break
+        restored.close()
+    liar = ManualChannel()
+    restored.connect(liar)
+    liar.feed(wire.encode(wire.Hello(wire.VERSION, b"", SigningKey().public,
+                                     {live.id: 1000}, {}, (), True)))
+    me = Member(restored)
+    other = Member(Node())
+    sim = Sim(7)
+    sim.add(restored)
+    end = sim.connect_nodes(live, other.node)
+    sim.run_until_quiescent()
+    end.close()
+    sim.nodes.remove(live)
+    live.close()  # the live machine is gone: only the restored one can heal
+    sim.connect_nodes(restored, other.node)
+    assert sim.run_until(lambda: chains(other.node) == chains(restored)
+                         and other.seen[f"one, restored {i}"] == 1, timeout=30, tick=TICK)
+    assert restored.heads[restored.id] == 3  # zero, one live, one restored published again
+    assert me.seen == {"zero": 1, f"one, restored {i}": 1, "one, live": 1}
+    assert other.seen == {"zero": 1, "one, live": 1, f"one, restored {i}": 1}

@@ -877,8 +877,11 @@ class Node:
         what our peers hold of ours (else they would land beside notes we lack)."""
         me = self.id
         have = self._log.count(me)
-        if me in self._requests or any(
-            p.ready and not p.closed and p.heads.get(me, 0) > have for p in self._peers
+        # (a peer that let a request for our notes go quiet claims what it cannot give)
+        req = self._requests.get(me)
+        if (req is not None and me not in req.peer.slow) or any(
+            p.ready and not p.closed and p.heads.get(me, 0) > have and me not in p.slow
+            for p in self._peers
         ):
             return
         self._healing = False
