@@ -248,6 +248,8 @@ def test_the_zflood_group_reaches_the_sockets_and_other_users_are_refused(
     # alice, in the zflood group: status, publish (to the daemon, not offline), and the PUB
     # socket carries what is published
     assert box.status("family", user="alice")["running"] is True
+    human = box.sh("zflood --instance family status", user="alice").out
+    assert "listening on tcp://0.0.0.0:" in human, human
     out = box.sh("zflood --instance family publish 'from alice'", user="alice").out
     assert out.startswith("published #") and "offline" not in out, out
     got = box.sh(SUBSCRIBE, user="alice").out
