@@ -255,6 +255,29 @@ def test_a_want_asked_again_after_request_timeout_is_served_again() -> None:
     assert any(isinstance(m, wire.Notes) for m in ch.messages())
 
 
+def test_a_walk_back_lets_the_asker_have_again_what_it_turned_down_once() -> None:
+    """A peer whose chain differs from ours (a fork) turns our batch down, walks back to find
+    the split, then asks again for what it turned down: served, once a request_timeout."""
+    node, ch = server(3000)
+    node.tick(0.0)
+
+    def notes_for(start: int, end: int) -> int:
+        ch.sent.clear()
+        ch.feed(wire.encode(wire.Want(node.id, start, end)))
+        drain(node)
+        return sum(len(m.bodies) for m in ch.messages() if isinstance(m, wire.Notes))
+
+    assert notes_for(2048, 3000) == 952
+    assert notes_for(1024, 2048) == 1024  # the walk back: never sent
+    assert notes_for(2048, 3000) == 952  # what it turned down, again
+    assert notes_for(2048, 3000) == 952  # (a batch start past the stream's: a gap re-ask)
+    assert notes_for(2048, 3000) == 0  # each once
+    assert notes_for(0, 1024) == 1024  # walking further back: never sent either...
+    assert notes_for(1024, 3000) == 0  # ... but no second helping within request_timeout
+    node.tick(node.config.request_timeout)
+    assert notes_for(1024, 3000) == 1976  # silence for request_timeout: served again
+
+
 # -- 3. HEADS with fake origins ------------------------------------------------------------------
 
 

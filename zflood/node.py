@@ -1005,6 +1005,8 @@ class Node:
             self._unqueue(peer, origin)
             sent = peer.sent[origin] = _Sent(begin=start, starts=sent.starts, walked_at=now)
             sent.starts.clear()
+            sent.reask = sent.begin = start  # and a new stream starts here
+            below = False
         elif below:
             sent.begin = start  # never sent: serve it, and count it as sent from here
         elif start < sent.end:
