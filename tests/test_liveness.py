@@ -225,7 +225,7 @@ def test_the_hi_rate_table_is_bounded() -> None:
         node = SigningKey().public if i % 500 == 0 else os.urandom(32)
         a.lv.hi(i / 1000, node, uid(node) if i % 500 == 0 else os.urandom(32).hex(),
                 "10.0.0.1", hi_payload(node, 9, bytes(16), NOT_HEARING))
-    assert len(a.lv._buckets) <= 64
+    assert a.lv.stats()["hi_senders"] <= 64
 
 
 def test_thousands_of_fake_records_hold_at_most_the_dial_slots() -> None:

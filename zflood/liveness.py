@@ -242,6 +242,7 @@ class Liveness:
             "records_on_trial": len(self._trials),
             "dealers": len(self._dealers),
             "knockers": len(self._knockers),
+            "hi_senders": len(self._buckets),  # senders whose HI rate is tracked
             "his_dropped": self.counters.his_dropped,
             "trials_failed": self.counters.trials_failed,
             "records_forgotten": self.counters.records_forgotten,
