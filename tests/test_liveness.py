@@ -138,6 +138,22 @@ def test_silence_takes_the_link_down_and_a_lost_unannounced_peer_is_dropped() ->
     assert linked(a, b)
 
 
+def test_status_rows_say_since_when_and_when_a_peer_away_was_last_heard() -> None:
+    a, b = Side(1), Side(2)
+    wire = Wire(a, b)
+    wire.do(a, a.lv.announce(0.0, b.node, b.endpoint), 0.0)
+    wire.tick(1.0)
+    (row,) = a.lv.links(1.5)
+    assert (row["state"], row["since"], row["heard"]) == ("connected", 1.5, 0.5)
+    wire.delivering = False  # b goes away: last heard at 1.0, link down after peer_timeout
+    for t in range(2, 40):
+        wire.tick(float(t))
+    (row,) = a.lv.links(40.0)
+    assert row["state"] == "connecting" and row["heard"] == 39.0
+    since = row["since"]  # since the link went down, not since it was made
+    assert isinstance(since, float) and 30.0 < since < 35.0
+
+
 def test_bye_closes_at_once_and_a_restart_relinks_at_once() -> None:
     a, b = Side(1), Side(2)
     wire = Wire(a, b)

@@ -154,6 +154,7 @@ class _Peer:
     seen_at: str = ""  # its ROUTER at the address its connections come from
     linked: bool = False
     since: float | None = None  # when it was first heard of, or its link came up or went down
+    last_heard: float | None = None  # heard_at before we stopped hearing it (for status)
     retry_at: float = 0.0
     trial_until: float | None = None  # unproven and dialled: give up at
     tries: int = 0  # failed trials while unproven
@@ -226,7 +227,7 @@ class Liveness:
                 "state": "connected" if p.linked
                 else "cut" if p.node in self._cut else "connecting",
                 "since": ago(p.since),
-                "heard": ago(p.heard_at),
+                "heard": ago(p.heard_at if p.heard_at is not None else p.last_heard),
             }
             for p in shown
         ]
@@ -313,7 +314,7 @@ class Liveness:
         if peer is None:
             return out
         self._drop_link(peer, "cut here", now, out, bye=True)
-        peer.heard_at = None
+        peer.last_heard, peer.heard_at = peer.heard_at or peer.last_heard, None
         self._end_trial(peer)
         self._hang(peer, out, linger=True)
         log.info("cut the link to %s", short(node))
@@ -611,7 +612,7 @@ class Liveness:
     def _lost(self, peer: _Peer, reason: str, now: float, out: list[Action]) -> None:
         """We no longer hear the peer (timeout or BYE)."""
         self._drop_link(peer, reason, now, out, bye=False)
-        peer.heard_at = None
+        peer.last_heard, peer.heard_at = peer.heard_at or peer.last_heard, None
         self._send_hi_to(peer, out)  # our "hears" flipped: if it hears us, it redials
         if not peer.announced:
             self._remove(peer, out, linger=True)  # it dialled us; it will again if it returns
