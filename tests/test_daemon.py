@@ -98,7 +98,8 @@ def test_the_demo_runs_to_its_summary() -> None:
                          timeout=90, env=ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every daemon holds the same" in out.stdout and out.stdout.rstrip().endswith("True")
-    for step in ("every daemon is linked to the other two", "the a-b link is cut",
+    for step in ("every daemon is linked to the other two",
+                 "every member knows the others by name: a, b, c", "the a-b link is cut",
                  "b has a's 'a, with the a-b link cut'", "the a-b link is healed",
                  "c goes offline", "c publishes offline", "c is linked again"):
         assert step in out.stdout, f"the demo did not tell {step!r}:\n{out.stdout}"

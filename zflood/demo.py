@@ -81,6 +81,9 @@ class Member:
     def connected(self) -> int:
         return sum(p["state"] == "connected" for p in self.client.status()["peers"])
 
+    def names(self) -> set[str]:
+        return {m["name"] for m in self.client.status()["members"] if m["name"]}
+
     def count(self) -> int:
         return int(self.client.status()["notes"])
 
@@ -106,17 +109,20 @@ def demo(seconds: float = 60.0) -> int:
         members = {name: Member(name, Path(tmp)) for name in NAMES}
         a, b, c = members.values()
         try:
-            code = a.zflood("init").splitlines()[-1]
+            code = a.zflood("init", "--name", a.name).splitlines()[-1]
             say(f"a started a group; join code {code[:16]}...")
             for m in (b, c):
-                m.zflood("join", code)
-            say("b and c joined with the code")
+                m.zflood("join", code, "--name", m.name)
+            say("b and c joined with the code; each member's first note is its name")
             for m in members.values():
                 m.start(deadline)
             say("three daemons running on loopback; finding each other over Zeroconf")
             for m in members.values():
                 wait(lambda m=m: m.connected() == 2, deadline, f"{m.name}'s links")  # type: ignore[misc]
             say("every daemon is linked to the other two (CurveZMQ)")
+            for m in members.values():
+                wait(lambda m=m: m.names() == set(NAMES), deadline, f"{m.name}'s names")  # type: ignore[misc]
+            say(f"every member knows the others by name: {', '.join(sorted(a.names()))}")
 
             def spread(author: Member, text: str, readers: list[Member]) -> None:
                 before = {m.name: m.count() for m in readers}
