@@ -15,6 +15,7 @@ also reads the store every `local_resync` seconds.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 import time
@@ -206,6 +207,7 @@ class _Follower:
         self.timeout = timeout
         self.expected = start
         self.ahead: dict[int, Map] = {}  # notes past `expected`, by index
+        self.order: list[int] = []  # following an app: a heap of the indices in `ahead`
         self.held: int | None = None  # notes the daemon held at its last reply
         self.asked = start  # reads in flight cover up to here
         self.inflight: deque[tuple[int, int, float]] = deque()  # (id, start, sent at)
@@ -242,6 +244,8 @@ class _Follower:
     def _hold(self, note: Map) -> None:
         index = note["index"]
         if index >= self.expected and len(self.ahead) < self.max_ahead:
+            if self.app is not None and index not in self.ahead:
+                heapq.heappush(self.order, index)
             self.ahead[index] = note
 
     def _ready(self) -> Iterator[Map]:
@@ -252,10 +256,15 @@ class _Follower:
                 self.expected += 1
                 self.last_new = time.monotonic()
             return
-        while ahead:
-            index = min(ahead)
+        order = self.order
+        while order:
+            index = order[0]
+            if index not in ahead:  # taken from a read reply, or let go
+                heapq.heappop(order)
+                continue
             if index >= self.expected and ahead[index]["prev"] >= self.expected:
                 return  # one before it is missing
+            heapq.heappop(order)
             note = ahead.pop(index)
             if index >= self.expected:
                 yield note
@@ -334,4 +343,5 @@ class _Follower:
         # The store holds nothing of interest at `expected`, so what waits ahead came from
         # another store (the daemon was reset): waiting for it to be filled would never end.
         self.ahead.clear()
+        self.order.clear()
         return self.timeout is not None and now >= self.last_new + self.timeout
