@@ -1161,3 +1161,16 @@ def test_a_flipped_bit_in_an_export_fails_with_one_line_and_imports_nothing_inva
     member(tmp / "c", code)
     assert_one_line_error(zflood("import", tmp / "flipped.zf", state=tmp / "c"))
     _assert_nothing_invalid(tmp / "c", notes)
+
+
+def test_a_store_of_another_group_is_a_configuration_error(tmp: Path) -> None:
+    """Exit 78 (EX_CONFIG): systemd's RestartPreventExitStatus stops the restart loop, since
+    only a person can mend a state directory whose store and group.key disagree."""
+    a, b = tmp / "a", tmp / "b"
+    member(a)
+    member(b)
+    (a / "group.key").write_bytes((b / "group.key").read_bytes())
+    done = subprocess.run([*ZFLOOD, "--state", str(a), "publish", "x"], capture_output=True,
+                          text=True, timeout=30, env=ENV, check=False)
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.count("\n") == 1 and "belongs to another group" in done.stderr

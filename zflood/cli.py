@@ -348,44 +348,9 @@ def _client(state: Path, ends: dict[str, Any] | None = None) -> Client:
 
 def _running(state: Path) -> dict[str, Any] | None:
     """The endpoints of the daemon running in `state`, or None if none runs."""
-    from .statedir import STORE, read_endpoints, runtime_dir_of
-    from .store import in_use
+    from .statedir import running
 
-    runtime = runtime_dir_of(state)
-    found = _instance_running(runtime) if runtime is not None else None
-    if found:
-        return found
-    # (an instance's state served by a `zflood run` outside systemd has its sockets beside it)
-    try:
-        ends = read_endpoints(state)
-        os.kill(ends["pid"], 0)
-    except (LocalError, OSError, KeyError, TypeError):
-        return None  # a kill -9 leaves endpoints.json naming a dead pid
-    # The pid is alive, but it may have been reused (a kill -9, then a reboot): the daemon
-    # is the process holding the store's lock.
-    return ends if in_use(state / STORE) else None
-
-
-def _instance_running(runtime: Path) -> dict[str, Any] | None:
-    """A systemd instance's sockets, found in its runtime directory (which exists while it
-    runs) without reading its state (which only its own user and root may)."""
-    from .local import ipc_endpoints
-    from .statedir import SOCKET_GROUP
-
-    pub, control = ipc_endpoints(runtime)
-    try:
-        os.stat(control.removeprefix("ipc://"))
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        pass
-    else:
-        if os.access(control.removeprefix("ipc://"), os.R_OK | os.W_OK):
-            return {"control": [control], "pub": [pub]}
-    name = runtime.name
-    raise LocalError(f"zflood@{name} runs, but only root and members of the group "
-                     f"{SOCKET_GROUP} may use it (sudo usermod -aG {SOCKET_GROUP} USER, then log "
-                     "in again)")
+    return running(state)
 
 
 def cmd_publish(state: Path, args: argparse.Namespace) -> int:

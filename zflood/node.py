@@ -56,7 +56,7 @@ import cbor2
 
 from . import wire
 from .config import DEFAULT, Config
-from .errors import LocalError, NodeClosed, RemoteProtocolError
+from .errors import ConfigurationError, LocalError, NodeClosed, RemoteProtocolError
 from .identity import GENESIS, SigningKey, note_id
 from .log import AGAIN_PREFIX, Log, Shown, again, kept
 from .quietlog import QuietLog
@@ -205,7 +205,8 @@ class Node:
             stored_group = self._store.get_meta("group")
             if stored_group is not None and group and stored_group != group:
                 self._store.close()
-                raise LocalError("this store belongs to another group")
+                # a setup to mend by hand (group.key replaced?): under systemd, exit 78
+                raise ConfigurationError("this store belongs to another group")
             group = group or (stored_group or b"")
         if group and len(group) != 16:
             raise LocalError("a group id is 16 bytes")

@@ -102,22 +102,9 @@ def _names(status: Map) -> dict[str, str]:
             if isinstance(m, dict) and m.get("name") and m.get("origin")}
 
 
-def running(state: Path) -> Map | None:
-    """The endpoints of the daemon running in `state`, or None (as the CLI decides it)."""
-    import os
-
-    from ..statedir import STORE, read_endpoints
-    from ..store import in_use
-
-    try:
-        ends = read_endpoints(state)
-        os.kill(ends["pid"], 0)
-    except (LocalError, OSError, KeyError, TypeError):
-        return None  # none ran, or a kill -9 left endpoints.json naming a dead pid
-    return ends if in_use(state / STORE) else None  # a reused pid holds no store lock
-
-
 def open_group(state: Path) -> Online | Offline:
+    from ..statedir import running
+
     ends = running(state)
     if ends:
         return Online(ends["control"][0], ends["pub"][0] if ends.get("pub") else None)
