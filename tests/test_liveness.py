@@ -341,3 +341,37 @@ def test_the_curve_key_check_agrees_with_the_conversion() -> None:
         assert not is_curve_key_of(uid(SigningKey().public), node)
         assert not is_curve_key_of(uid(node), node[:31] + bytes([node[31] ^ 1]))
     assert not is_curve_key_of("not hex", node) and not is_curve_key_of("00" * 32, bytes(31))
+
+
+def test_a_member_with_a_new_session_every_hi_costs_one_relink_per_peer_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member gone bad announces a new incarnation (nonce) in every HI, 100 a second for 10 s:
+    each restart would cost a link, the engine's hello and log lines."""
+    a, b = Side(1), Side(2)
+    wire = Wire(a, b)
+    wire.do(a, a.lv.announce(0.0, b.node, b.endpoint), 0.0)
+    with caplog.at_level(logging.INFO, logger="zflood.liveness"):
+        for i in range(1, 1000):
+            b.nonce = os.urandom(16)
+            wire.do(b, [SendHi(a.node, HEARING)], i / 100)
+    restarts = [d for d in a.down if d[1] == "peer restarted"]
+    print(f"{len(restarts)} relinks; log lines: {[r.getMessage() for r in caplog.records]}")
+    assert 1 <= len(restarts) <= 10 / CFG.peer_timeout + 1
+    assert len(caplog.records) <= 2  # the first refusal, the HI rate
+
+
+def test_a_peer_that_restarts_twice_in_a_row_is_relinked_after_peer_timeout() -> None:
+    a, b = Side(1), Side(2)
+    wire = Wire(a, b)
+    wire.do(a, a.lv.announce(0.0, b.node, b.endpoint), 0.0)
+    for t in (1.0, 2.0):  # two crashes and restarts, a second apart
+        b.nonce, b.lv, b.dealers = os.urandom(16), Liveness(b.node, CFG), {}
+        wire.do(b, b.lv.announce(t, a.node, a.endpoint), t)
+    assert not b.lv.is_linked(a.node)  # the second incarnation waits
+    t = 2.0
+    while not linked(a, b):
+        t += 0.25
+        wire.tick(t)
+        assert t <= 2.0 + 2 * CFG.peer_timeout, "a restarted peer was never relinked"
+    print(f"relinked at t={t}")

@@ -152,6 +152,7 @@ class _Peer:
     they_hear: bool = False
     heard_us_at: float = 0.0  # last HI saying it hears us, or when we last (re)dialled it
     seen_at: str = ""  # its ROUTER at the address its connections come from
+    restarted_at: float | None = None  # when its nonce last changed
     linked: bool = False
     since: float | None = None  # when it was first heard of, or its link came up or went down
     last_heard: float | None = None  # heard_at before we stopped hearing it (for status)
@@ -373,6 +374,16 @@ class Liveness:
         peer = self._peer(node, now)
         self._prove(peer, user_id)
         restarted = peer.nonce is not None and peer.nonce != nonce
+        if restarted:
+            if peer.restarted_at is not None and now - peer.restarted_at < self.config.peer_timeout:
+                # A new incarnation again so soon: a member gone bad (each "restart" would
+                # cost a link, an engine hello and log lines), not a machine rebooting.
+                self.quiet.fault(now, "restarts", short(node),
+                                 "%s restarts again and again (a new session each HI): "
+                                 "its new sessions wait %gs", short(node),
+                                 self.config.peer_timeout)
+                return out
+            peer.restarted_at = now
         heard_us = peer.they_hear and not restarted
         if restarted:
             self._drop_link(peer, "peer restarted", now, out, bye=False)
