@@ -82,7 +82,7 @@ def member(state: Path, code: str | None = None) -> str:
     `zflood join CODE`); returns the join code. In-process: a subprocess costs ~0.2 s."""
     group = Group.new() if code is None else Group.from_join_code(code)
     save_group(state, group)
-    open_node(state, group).close()
+    open_node(state, group, create=True).close()
     return group.join_code
 
 

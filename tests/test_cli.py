@@ -43,16 +43,18 @@ from zflood.errors import BadJoinCode
 from zflood.identity import Group
 from zflood.statedir import ENDPOINTS, load_group, open_node
 
-SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "export", "import", "demo",
-               "invite", "members", "name"]
+SUBCOMMANDS = ["init", "join", "run", "publish", "tail", "status", "check", "export", "import",
+               "demo", "invite", "members", "name"]
 #: What each subcommand's --help must mention (its options and positionals).
 SUBCOMMAND_ARGS = {
     "init": ["--name"],
     "join": ["code", "--name"],
-    "run": ["--listen", "--peer", "--interface", "--pub", "--no-discovery", "--verbose"],
+    "run": ["--listen", "--peer", "--interface", "--pub", "--no-discovery", "--verbose",
+            "--new-identity"],
     "publish": ["TEXT", "--binary"],
     "tail": ["--all", "-n", "--no-follow", "--json"],
     "status": ["--json", "--code"],
+    "check": [],
     "export": ["FILE"],
     "import": ["FILE"],
     "demo": ["--seconds"],
@@ -61,6 +63,7 @@ SUBCOMMAND_ARGS = {
     "name": ["NEW"],
 }
 STATUS_KEYS = {"node", "group", "listen", "pub", "control", "peers", "notes", "heads", "running",
+               "store",
                "ed25519"}
 QUICK = 10.0  # bound for a command that should answer at once
 

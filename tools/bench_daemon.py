@@ -78,12 +78,12 @@ def prepare(root: Path, n: int) -> tuple[Path, Path, list[bytes]]:
     a, b = root / "a", root / "b"
     for state in (a, b):
         save_group(state, group)
-    node = open_node(a, group)
+    node = open_node(a, group, create=True)
     for i in range(0, n, 10_000):
         node.publish_many([BODY] * min(10_000, n - i))
     frames = [wire.encode(batch) for batch in node.export()]
     node.close()
-    open_node(b, group).close()
+    open_node(b, group, create=True).close()
     return a, b, frames
 
 

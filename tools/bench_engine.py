@@ -13,7 +13,12 @@ Every figure comes from this one run on this machine:
     channels (the simulator with zero latency), and SQLite's floor: batch inserts of the same
     rows into the same schema;
   - store-open time, replay time and peak RSS of a process that opens a store and replays
-    every note: the bulk-sync stores (one origin) and one of 8 origins taking turns.
+    every note (each checked against its hash link): the bulk-sync stores (one origin) and one
+    of 8 origins taking turns;
+  - bytes on disk per note for 100 B, 2 KiB and 64 KiB bodies (two origins taking turns,
+    single publishes and batches), and the largest WAL seen while writing them;
+  - what bounding the WAL costs: single publishes with the default `wal_bytes` beside the
+    same with a WAL allowed to grow to 160 MiB between checkpoints, in the same rounds.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from zflood import Node, identity
-from zflood.identity import SigningKey, note_id
+from zflood.config import DEFAULT, Config
+from zflood.identity import GENESIS, SigningKey, note_id
 from zflood.sim import Sim
-from zflood.store import _SCHEMA, Store
+from zflood.store import _SCHEMA, _SEQ_BITS, PAGE_SIZE, Row, Store
 
 BODY = b"x" * 100
 ROUNDS = 3  # of the single-publish measurements
 MIXED_ORIGINS = 8  # in the store whose replay merges several logs
+UNBOUNDED = Config(wal_bytes=160 * 1024 * 1024)  # about the WAL the old policy let grow
 
 
 def rate(n: int, seconds: float) -> str:
@@ -114,8 +121,9 @@ def receiver(
 # -- the measurements ------------------------------------------------------------------------
 
 
-def single_publishes(tmp: Path, n: int) -> float:
-    node = Node(path=str(tmp / "alone.db"))
+def single_publishes(tmp: Path, n: int, config: Config = DEFAULT) -> float:
+    name = "alone.db" if config is DEFAULT else "alone-unbounded.db"
+    node = Node(path=str(tmp / name), config=config)
     start = time.perf_counter()
     for _ in range(n):
         node.publish(BODY)
@@ -148,16 +156,26 @@ def linked_publishes(tmp: Path, n: int) -> tuple[float, float]:
     return published, caught_up
 
 
-def commit_per_row(tmp: Path, n: int) -> float:
-    db = sqlite3.connect(tmp / "floor1.db", isolation_level=None)
+def floor_db(path: Path) -> sqlite3.Connection:
+    """The store's schema and settings, without the store."""
+    db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA locking_mode=EXCLUSIVE")  # as the store does
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA wal_autocheckpoint={DEFAULT.wal_bytes // PAGE_SIZE}")
+    db.execute(f"PRAGMA journal_size_limit={DEFAULT.wal_bytes}")
     db.executescript(_SCHEMA)
+    return db
+
+
+def commit_per_row(tmp: Path, n: int) -> float:
+    db = floor_db(tmp / "floor1.db")
     db.execute("INSERT INTO origins (origin) VALUES (?)", (b"o" * 32,))
     start = time.perf_counter()
     for i in range(n):
-        db.execute("INSERT INTO notes VALUES (1, ?, ?, ?, NULL, ?)", (i, i, b"i" * 32, BODY))
+        db.execute("INSERT INTO log VALUES (?, ?, ?, NULL, ?)",
+                   ((1 << _SEQ_BITS) | i, i, b"i" * 32, BODY))
     seconds = time.perf_counter() - start
     db.close()
     return seconds
@@ -171,21 +189,17 @@ def sqlite_floor(tmp: Path, n: int) -> float:
     for i in range(n):
         prev = note_id(key.public, i, prev, BODY)
         ids.append(prev)
-    db = sqlite3.connect(tmp / f"floor{n}.db", isolation_level=None)
-    db.execute("PRAGMA locking_mode=EXCLUSIVE")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
+    db = floor_db(tmp / f"floor{n}.db")
     db.execute("INSERT INTO origins (origin) VALUES (?)", (key.public,))
     seconds = 0.0
     for i in range(0, n, 1024):
         rows = [
-            (1, j, j, ids[j], None if (j + 1) % 1024 else b"s" * 64, BODY)
+            ((1 << _SEQ_BITS) | j, j, ids[j], None if (j + 1) % 1024 else b"s" * 64, BODY)
             for j in range(i, min(i + 1024, n))
         ]
         start = time.perf_counter()  # only SQLite's own work is timed
         db.execute("BEGIN")
-        db.executemany("INSERT INTO notes VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
         db.execute("COMMIT")
         seconds += time.perf_counter() - start
     db.close()
@@ -243,15 +257,44 @@ def open_and_replay(path: Path) -> tuple[float, float, int, int]:
 def make_interleaved(path: Path, n: int, origins: int) -> None:
     """A store whose notes came from `origins` members taking turns, 100 at a time: replay
     then merges that many logs. Rows are written directly (ids and signatures are not what
-    this measures)."""
+    this measures; the hash links are, as replay checks them)."""
     store = Store(path)
     keys = [bytes([i]) * 32 for i in range(origins)]
     counts = [0] * origins
+    prevs = [GENESIS] * origins
     for k in range(n // 100):
         o = k % origins
-        store.append(keys[o], counts[o], [(bytes(32), None, BODY)] * 100)
+        rows: list[Row] = []
+        for i in range(100):
+            prevs[o] = note_id(keys[o], counts[o] + i, prevs[o], BODY)
+            rows.append((prevs[o], None, BODY))
+        store.append(keys[o], counts[o], rows)
         counts[o] += 100
     store.close()
+
+
+def bytes_per_note(tmp: Path, size: int, total: int) -> tuple[float, int]:
+    """Bytes on disk per note of `size` bytes (after a clean close), and the largest WAL
+    seen: two origins taking turns, 25 single publishes here, then a batch of 25 relayed from
+    the other (it arrives signed), as a member that publishes and syncs stores them."""
+    path = tmp / f"dense{size}.db"
+    a = Node(path=str(path))
+    b = Node()
+    sim = Sim()
+    sim.connect_nodes(a, b)
+    n = min(20_000, max(50, total // size))
+    wal = 0
+    body = os.urandom(size)
+    while a.count < n:
+        for _ in range(25):
+            a.publish(body)
+        b.publish_many([body] * 25)
+        sim.run_until_quiescent()
+        wal = max(wal, a._store.wal_size())
+    held = a.count
+    a.close()
+    b.close()
+    return path.stat().st_size / held, wal
 
 
 def main() -> None:
@@ -266,6 +309,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         alone: list[float] = []
+        unbounded: list[float] = []
         floor1: list[float] = []
         linked: dict[str, list[float]] = {name: [] for name in identity.BACKENDS}
         caught_up = 0.0
@@ -273,6 +317,7 @@ def main() -> None:
         for r in range(ROUNDS):
             (tmp / f"round{r}").mkdir()
             alone.append(single_publishes(tmp / f"round{r}", singles))
+            unbounded.append(single_publishes(tmp / f"round{r}", singles, UNBOUNDED))
             floor1.append(commit_per_row(tmp / f"round{r}", singles))
             for name in identity.BACKENDS:  # the peer (forked) signs and checks with it too
                 identity.use_backend(name)
@@ -281,6 +326,9 @@ def main() -> None:
                 caught_up = max(caught_up, c)
         identity.use_backend(default)
         print(f"single publish, durable, alone        {rates(singles, alone)}")
+        share = statistics.median(unbounded) / statistics.median(alone)
+        print(f"  the same, WAL up to 160 MiB         {rates(singles, unbounded)}"
+              f"   -> the {DEFAULT.wal_bytes >> 20} MiB bound costs {1 - share:.0%} (medians)")
         for name, seconds in linked.items():
             label = f"  linked, Ed25519 by {name}"
             print(f"{label:<38}{rates(singles, seconds)}")
@@ -296,6 +344,11 @@ def main() -> None:
             floor = sqlite_floor(tmp, n)
             print(f"bulk sync {n:>9,} notes               {rate(n, sync)}"
                   f"   floor: SQLite batch inserts {rate(n, floor)} -> at {floor / sync:.0%}")
+        for size in (100, 2048, 65536):
+            per, wal = bytes_per_note(tmp, size, 32 * 1024 * 1024 // scale)
+            print(f"on disk per note of {size:>6,} B body    {per:>9,.0f} B = {per / size:.2f}x"
+                  f"   (largest WAL seen: {wal / 1048576:.1f} MiB;"
+                  f" bound {DEFAULT.wal_bytes >> 20} MiB + one transaction)")
         stores = [(tmp / f"sink{n}.db", f"{n:>9,} notes") for n in sizes]
         make_interleaved(tmp / "mixed.db", sizes[-1], MIXED_ORIGINS)
         stores.append((tmp / "mixed.db", f"{sizes[-1]:,} of {MIXED_ORIGINS} origins"))

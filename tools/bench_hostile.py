@@ -300,7 +300,7 @@ class World:
         """A member's state directory holding `notes` of its own."""
         state = self.dir / name
         save_group(state, self.group)
-        node = open_node(state, self.group)
+        node = open_node(state, self.group, create=True)
         try:
             for i in range(0, notes, 10_000):
                 node.publish_many([os.urandom(body // 2).hex()] * min(10_000, notes - i))

@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="let members of GROUP use the control and PUB sockets (systemd's unit: "
                    "zflood)")
     r.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    r.add_argument("--new-identity", action="store_true",
+                   help="if node.db was lost (emptied or removed) while group.key is still "
+                   "here, rejoin the group as a new member; without it, zflood refuses")
 
     pub = sub.add_parser("publish", help="publish a note (works offline: it waits in the store)")
     pub.add_argument("text", metavar="TEXT", help="the note, or - to read it from stdin")
@@ -116,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("name", help="show this member's name, or give it a NEW one (every "
                        "member sees it)")
     n.add_argument("new", nargs="?", metavar="NEW", help="the new name")
+
+    sub.add_parser("check", help="verify the whole store (SQLite, every hash link, the "
+                   "signatures); a running daemon fetches what is damaged again from peers")
 
     e = sub.add_parser("export", help="write every note, signed, to FILE (daemon stopped)")
     e.add_argument("file", type=Path, metavar="FILE")
@@ -164,6 +170,10 @@ def _count(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .systemd import error_line, to_journal, under_systemd
+
+    # The engine's warnings (a full disk, say) are for a daemon's log; a command already
+    # says what went wrong in its one line (`run` logs to stderr as configured there).
+    logging.getLogger("zflood").addHandler(logging.NullHandler())
 
     # Under systemd a bad argument or join code is a configuration error like any other: the
     # unit restarts on failure except on 78, and no restart fixes a typo.
@@ -278,7 +288,7 @@ def _enter(state: Path, group: Group, name: str | None) -> bytes:
     from .statedir import default_name, save_group
 
     body = _name_note(name or default_name())
-    node = _open(state, group)
+    node = _open(state, group, create=True)
     try:
         save_group(state, group)
         if _members(node).name(node.id) is None:  # joining again keeps the name it has
@@ -332,7 +342,7 @@ def cmd_run(state: Path, args: argparse.Namespace) -> int:
         raise BadArgument(str(e)) from None
     options = Options(listen=args.listen, peers=args.peer, interfaces=args.interface,
                       pub=args.pub, discovery=not args.no_discovery,
-                      socket_group=args.socket_group)
+                      socket_group=args.socket_group, new_identity=args.new_identity)
     return run(state, options)
 
 
@@ -380,20 +390,20 @@ def cmd_publish(state: Path, args: argparse.Namespace) -> int:
 
 
 def _offline_node(state: Path) -> tuple[Node, Group]:
-    from .statedir import STORE, load_group
+    from .statedir import load_group
 
     group = load_group(state)
-    if group is None or not (state / STORE).exists():
+    if group is None:
         raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
     return _open(state, group), group
 
 
-def _open(state: Path, group: Group) -> Node:
+def _open(state: Path, group: Group, create: bool = False) -> Node:
     from .errors import StoreInUse
     from .statedir import open_node
 
     try:
-        return open_node(state, group)
+        return open_node(state, group, create=create)
     except StoreInUse:
         raise LocalError(f"{state} is in use by a running zflood daemon: stop it first, "
                          "or talk to it (zflood publish, tail, status)") from None
@@ -543,6 +553,7 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     if sync is not None:
         print(f"sync    {Report(**sync).line()}")
     print(f"ed25519 by {status['ed25519']}")
+    print(f"store   {_store_line(status.get('store') or {})}")
     for peer in status["peers"]:
         print(f"peer    {_peer_line(peer, now)}")
     if args.code:
@@ -658,6 +669,78 @@ def _fork_line(fork: dict[str, Any], names: dict[str, str]) -> str:
     return line
 
 
+def _store_line(store: dict[str, Any]) -> str:
+    parts = ["storing" if store.get("storing", True) else "NOT STORING (asking peers for "
+             "nothing until it can)"]
+    if store.get("error"):
+        parts.append(f"last error: {store['error']}")
+    damaged = store.get("damaged") or {}
+    if damaged:
+        parts.append(f"{sum(damaged.values())} damaged notes of {len(damaged)} origins, being "
+                     "fetched again from peers")
+    return "; ".join(parts)
+
+
+def cmd_check(state: Path, args: argparse.Namespace) -> int:
+    """Verify the whole store, offline or through the running daemon (which then fetches
+    what is damaged again from its peers)."""
+    tty = sys.stderr.isatty()
+
+    def progress(step: dict[str, Any]) -> None:
+        line = f"checking {step['checked']:,} of {step['total']:,} notes"
+        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr,
+              flush=True)
+
+    ends = _running(state)
+    if ends:
+        with _client(state, ends) as client:
+            step = client.check(restart=True)
+            while not step["done"]:
+                progress(step)
+                step = client.check()
+    else:
+        node, _ = _offline_node(state)
+        try:
+            for p in node.check_store():
+                step = {"checked": p.checked, "total": p.total, "damaged":
+                        {o.hex(): s for o, s in p.damaged.items()}, "integrity": p.integrity}
+                progress(step)
+        finally:
+            node.close()
+    if tty:
+        print(file=sys.stderr)
+    damaged: dict[str, list[int]] = step["damaged"]
+    integrity: list[str] = step["integrity"]
+    if not damaged and not integrity:
+        print(f"store OK: {step['total']:,} notes, every hash link and signature checks, "
+              "SQLite finds no fault")
+        return 0
+    for line in integrity:
+        print(f"damaged: SQLite: {line}")
+    for origin, seqnos in damaged.items():
+        print(f"damaged: {len(seqnos)} notes of origin {origin[:16]} fail their hash link or "
+              f"signature: {_ranges(seqnos)}")
+    if ends:
+        print("they are neither delivered nor served; the daemon is fetching them again from "
+              "peers (zflood status shows what is left)")
+    else:
+        print("they are neither delivered nor served; start the daemon (zflood run) to fetch "
+              "them again from peers")
+    return 1
+
+
+def _ranges(seqnos: list[int], most: int = 10) -> str:
+    """5, 7-9, 12 ... (at most `most` ranges shown)."""
+    runs: list[list[int]] = []
+    for s in seqnos:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (f" and {len(runs) - most} more ranges" if len(runs) > most else "")
+
+
 def cmd_export(state: Path, args: argparse.Namespace) -> int:
     node, _ = _offline_node(state)
     count = 0
@@ -755,6 +838,7 @@ COMMANDS = {
     "publish": cmd_publish,
     "tail": cmd_tail,
     "status": cmd_status,
+    "check": cmd_check,
     "export": cmd_export,
     "import": cmd_import,
     "demo": cmd_demo,

@@ -48,6 +48,15 @@ class Config:
     #: after `request_timeout`).
     serve_queue: int = 65_536
 
+    # -- the store ----------------------------------------------------------------------------
+    #: The WAL is checkpointed once it holds this much and cut back to it after, so it stays
+    #: under this plus one transaction (a batch: about batch_bytes + max_body).
+    wal_bytes: int = 4 * MiB
+    #: Storing resumes after a failed write (a full disk) once this much is free again ...
+    store_headroom: int = 2 * MiB
+    #: ... looked at this often; the first write that succeeds ends the pause for good.
+    store_retry: float = 2.0
+
     # -- engine timers (driven by Node.tick) ---------------------------------------------------
     #: Resend our hello this often until the peer shows it has seen it.
     hello_retry: float = 1.0

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from .statedir import (
     write_endpoints,
 )
 from .status import node_status, peer_rows
-from .store import Note
+from .store import CheckProgress, Note
 from .systemd import join_from_credentials, sd_notify, watchdog_period
 
 log = logging.getLogger("zflood.daemon")
@@ -72,6 +73,7 @@ class Options:
     discovery: bool = True
     socket_group: str | None = None  # members of this group may use the ipc sockets
     config: Config = DEFAULT
+    new_identity: bool = False  # a store that lost its identity starts a new one
 
 
 class Daemon:
@@ -89,6 +91,8 @@ class Daemon:
         self._behind = False  # lacking notes at the last report: a sync under way a while
         self.progress = Progress(2 * self.options.config.progress_interval)
         self.listen = ""
+        self._checking: Iterator[CheckProgress] | None = None
+        self._last_check: CheckProgress | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,7 +107,8 @@ class Daemon:
         opts = self.options
         runtime = Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or self.state)
         kept = None if opts.listen else recorded_port(self.state)
-        node = self.node = open_node(self.state, group, opts.config)
+        node = self.node = open_node(self.state, group, opts.config,
+                                         create=opts.new_identity)
         # a store with notes and no port kept ran before ports were: it keeps the old default
         listen = opts.listen or f"tcp://{ANY_HOST}:{kept or _free_port(group.id, node.count > 0)}"
         ctx = zmq.asyncio.Context()
@@ -120,6 +125,7 @@ class Daemon:
                 control=[control, *opts.control],
                 status=self.status,
                 link=self._set_link,
+                check=self._check_step,
             )
             await self.local.start()
             stack.push_async_callback(self.local.close)
@@ -243,6 +249,25 @@ class Daemon:
     def _set_link(self, node: bytes, up: bool) -> None:
         if self.mesh is not None:
             (self.mesh.heal if up else self.mesh.cut)(node)
+
+    def _check_step(self, restart: bool) -> dict[str, Any]:
+        """One step of `zflood check` (a bounded number of notes, so the loop keeps serving
+        between steps; SQLite's integrity check comes first, whole)."""
+        assert self.node is not None
+        if restart or self._checking is None:
+            self._checking = self.node.check_store()
+        step = next(self._checking, None)
+        if step is None:
+            step = self._last_check
+            if step is None:
+                raise LocalError("the store check ended; start it again")
+        done = step.checked >= step.total
+        self._last_check = step
+        if done:
+            self._checking = None
+        return {"checked": step.checked, "total": step.total, "done": done,
+                "damaged": {o.hex(): s[:1000] for o, s in step.damaged.items()},
+                "integrity": step.integrity}
 
     def _found(self, node: bytes, endpoint: str) -> None:
         if self.mesh is not None:

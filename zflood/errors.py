@@ -24,6 +24,22 @@ class StoreInUse(LocalError):
     """Another process (a running daemon) holds the store open."""
 
 
+class StoreError(LocalError):
+    """Our own store failed: never a peer's fault. The message is one line for a user."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store is full: nothing was written."""
+
+
+class NoIdentity(LocalError):
+    """The store holds no identity and was asked not to make one."""
+
+
+class StoreDamaged(StoreError):
+    """The store's file is damaged (SQLite says so, or a note fails its hash link)."""
+
+
 class BadJoinCode(LocalError):
     """A join code that does not parse or whose checksum does not match."""
 

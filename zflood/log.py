@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import cbor2
 
 from . import wire
-from .errors import RemoteProtocolError
+from .errors import RemoteProtocolError, StoreDamaged
 from .identity import GENESIS, ID_SIZE, note_id, verify
 from .store import Again, Body, Dropped, Fork, Row, Store
 
@@ -123,7 +123,8 @@ class Log:
         if seqno == self.store.count(origin) - 1:
             return self.head(origin)
         found = self.store.id_at(origin, seqno)
-        assert found is not None
+        if found is None:  # our own file lost it: never a peer's fault
+            raise StoreDamaged(f"note {seqno} of {origin[:4].hex()} is missing from the store")
         return found
 
     # -- checks ----------------------------------------------------------------------------

@@ -56,11 +56,19 @@ import cbor2
 
 from . import wire
 from .config import DEFAULT, Config
-from .errors import ConfigurationError, LocalError, NodeClosed, RemoteProtocolError
-from .identity import GENESIS, SigningKey, note_id
+from .errors import (
+    ConfigurationError,
+    LocalError,
+    NodeClosed,
+    NoIdentity,
+    RemoteProtocolError,
+    StoreDamaged,
+    StoreError,
+)
+from .identity import GENESIS, ID_SIZE, SigningKey, note_id, verify
 from .log import AGAIN_PREFIX, Log, Shown, again, kept
 from .quietlog import QuietLog
-from .store import Again, Body, Fork, Note, Row, Store
+from .store import Again, Body, CheckProgress, Fork, Note, Row, Store
 
 log = logging.getLogger("zflood.node")
 
@@ -186,22 +194,26 @@ class Node:
         group: bytes = b"",
         config: Config = DEFAULT,
         fsync: bool = False,
+        create: bool = True,
     ) -> None:
+        """`create=False` refuses a store that holds no identity (emptied or removed) instead
+        of starting a new one in it."""
         if pickled is not None and path is not None:
             raise LocalError("give either a pickle or a path, not both")
         self.config = config
         self.stats = Stats()
-        self._store = Store(path, fsync=fsync)
+        self._store = Store(path, fsync=fsync, wal_bytes=config.wal_bytes)
         self._log = Log(self._store)  # the one place that knows each origin's count and head
         if pickled is not None:
             seed, group, origins = _unpickle(pickled)
             self._key = SigningKey(seed)
             self._load(origins)
         else:
-            seed = self._store.get_meta("seed")
-            self._key = SigningKey(seed)
-            if seed is None:
-                self._store.set_meta("seed", self._key.seed)
+            try:
+                self._key = self._identity(create)
+            except BaseException:
+                self._store.close()
+                raise
             stored_group = self._store.get_meta("group")
             if stored_group is not None and group and stored_group != group:
                 self._store.close()
@@ -234,6 +246,13 @@ class Node:
         #: Called (with no argument) when answers wait in a serve queue for `serve()`: a driver
         #: sets it to schedule a pump on its event loop.
         self.wake: Callable[[], None] | None = None
+        # Our own store's faults (never a peer's): why the last write failed until one
+        # succeeds, and whether asking peers is paused for it (tick retries) and since when.
+        self._store_fault: str | None = None
+        self._paused = False
+        self._paused_at: float | None = None
+        self._repair_asked: dict[bytes, tuple[_Peer | None, float | None]] = {}
+        self._store.on_damage = self._on_damage
 
     # -- the seed's interface ----------------------------------------------------------------
     def subscribe(self, handler: Handler, start: int = 0) -> Callable[[], None]:
@@ -279,7 +298,12 @@ class Node:
             nid = note_id(origin, seqno, nid, body)
             rows.append((nid, None, body))
             seqno += 1
-        index = self._store.append(origin, start, rows, again or ())
+        try:
+            index = self._store.append(origin, start, rows, again or ())
+        except StoreError as e:
+            self._store_failed(e)
+            raise
+        self._stored()
         self.stats.published += len(rows)
         if again is None:
             notes = [Note(origin, start + i, r[2], r[0], index + i) for i, r in enumerate(rows)]
@@ -343,6 +367,7 @@ class Node:
                 if peer.ready and now - sync_at >= c.sync_interval:
                     peer.sync_at = now
                     self._send_pages(peer, self._heads_items(), tips=False, announce=False)
+            self._tick_store(now)
             for origin, req in list(self._requests.items()):
                 if req.progress_at is None:
                     req.progress_at = now
@@ -535,7 +560,9 @@ class Node:
                 self._handle(peer, msg)
         except RemoteProtocolError as e:
             self._drop(peer, str(e))
-        except Exception:  # a bug or a failing disk must not take the caller down
+        except StoreError as e:  # our own disk: the peer did nothing wrong
+            self._store_failed(e)
+        except Exception:  # a bug must not take the caller down
             log.exception("%s: error handling a frame from %s", self, _h(peer.node))
             self._drop(peer, "internal error")
 
@@ -692,6 +719,8 @@ class Node:
             peer.heads[msg.origin] = msg.end
         if msg.end > peer.told.get(msg.origin, 0):
             peer.told[msg.origin] = msg.end  # it showed it holds that much
+        if self._paused:
+            return  # we cannot store it: asked again once storing resumes
         if self._depth > 1:  # inside a driver's batch: merge runs, verify once at the end
             key = (peer, msg.origin)
             run = self._runs.get(key)
@@ -727,6 +756,8 @@ class Node:
             return
         self.stats.verifies += 1
         ids = self._log.check(origin, start, prev, bodies, sig)
+        if origin in self._store.damaged:
+            self._repair(origin, start, prev, ids, bodies, sig, have)
         # Validly signed. Does it continue our chain? If not, the origin signed two chains.
         if prev != self._id_at(origin, start - 1, have):
             self._walk_back(peer, origin, start)
@@ -735,6 +766,8 @@ class Node:
             shared = min(end, have)
             if ids[shared - 1 - start] != self._id_at(origin, shared - 1, have):
                 held = self._store.read(origin, start, shared)
+                if len(held) < shared - start:
+                    return  # our copy is damaged there, not forked: it is being repaired
                 i = next(i for i, row in enumerate(held) if row[0] != ids[i])
                 self._fork(peer, origin, start + i, held[i][0], start, prev, ids, bodies, sig)
                 return
@@ -747,6 +780,7 @@ class Node:
         last = rows[-1]
         rows[-1] = (last[0], sig, last[2])
         first_index, shown = self._log.append(origin, have, rows)
+        self._stored()
         self.stats.accepted += len(rows)
         self._deliver_rows(origin, have, rows, first_index, shown)
         self._progress(peer, origin)
@@ -935,6 +969,8 @@ class Node:
     # -- pulling -------------------------------------------------------------------------------
     def _plan(self, origin: bytes) -> None:
         """Make sure what peers have of `origin` beyond our head is being asked of one peer."""
+        if self._paused:
+            return  # nowhere to put it: storing resumes from tick
         have = self._log.count(origin)
         window = self.config.batch_notes * self.config.window_batches
         req = self._requests.get(origin)
@@ -1064,9 +1100,20 @@ class Node:
                 r = ranges[0]
                 have = self._log.count(origin)
                 end = min(r.end, have)
-                if r.pos < end:
+                try:
+                    cut = self._cut(origin, r.pos, end, have) if r.pos < end else None
+                except StoreError as e:  # our own store: not the peer's fault
+                    self._store_failed(e)
+                    self._unqueue(peer, origin)  # served no more: it asks elsewhere
+                    continue
+                if r.pos < end and cut is None:
+                    # damaged here: never served (the peer asks elsewhere once this request
+                    # times out; we fetch it again ourselves)
+                    peer.queued -= max(0, min(end, r.end) - r.pos)
+                    r.pos = end
+                elif cut is not None:
                     prev = r.prev if r.prev is not None else self._id_at(origin, r.pos - 1, have)
-                    bodies, sig, last = self._cut(origin, r.pos, end, have)
+                    bodies, sig, last = cut
                     frame = wire.encode(wire.Notes(origin, r.pos, prev, tuple(bodies), sig))
                     self._send_frame(peer, frame)
                     spent += len(frame)
@@ -1085,7 +1132,11 @@ class Node:
                     ranges.pop(0)
                 if ranges:
                     peer.queue[origin] = ranges  # to the back: origins take turns
-        except Exception:  # a store that fails to read must not take the driver down
+        except StoreError as e:
+            self._store_failed(e)
+            peer.queue.clear()
+            peer.queued = 0
+        except Exception:  # a bug must not take the driver down
             log.exception("%s: error serving %s", self, _h(peer.node))
             self._drop(peer, "internal error while serving")
 
@@ -1094,17 +1145,23 @@ class Node:
         signature at or after it."""
         pos, prev = start, self._id_at(origin, start - 1, have)
         while pos < end:
-            bodies, sig, last = self._cut(origin, pos, end, have)
+            cut = self._cut(origin, pos, end, have)
+            if cut is None:
+                return  # a damaged note: never served (it is being fetched again)
+            bodies, sig, last = cut
             yield wire.Notes(origin, pos, prev, tuple(bodies), sig)
             pos += len(bodies)
             prev = last
 
     def _cut(
         self, origin: bytes, start: int, end: int, have: int
-    ) -> tuple[list[Body], bytes, bytes]:
-        """The next batch from `start`: within the batch limits, ending on a signed note."""
+    ) -> tuple[list[Body], bytes, bytes] | None:
+        """The next batch from `start`: within the batch limits, ending on a signed note.
+        None if the store holds no intact note to serve there."""
         c = self.config
         rows = self._store.read(origin, start, min(end, start + c.batch_notes))
+        if not rows:
+            return None
         n = size = 0
         for _, _, body in rows:
             size += len(body)
@@ -1119,12 +1176,21 @@ class Node:
             # The run between two stored signatures is one batch as received, so it fits a
             # frame; read on to the next signature.
             stop = self._store.next_signed(origin, start)
-            assert stop is not None and stop < have, "a relayed head is always signed"
+            if stop is None or not start <= stop < have:  # a relayed head is signed: damage
+                raise StoreDamaged(f"the signature after note {start} of {_h(origin)} is lost")
             rows = self._store.read(origin, start, stop + 1)
+            if len(rows) < stop + 1 - start:
+                return None  # damage inside the signed run
             signed = [len(rows) - 1]
         last = signed[-1]
         sig = rows[last][1]
-        assert sig is not None
+        if sig is None:
+            return None  # the stored signature moved (a damaged B-tree)
+        # A stored signature is not covered by the hash links: one check a batch served
+        # (about 1/1000 of a verify per note) keeps a damaged one from getting us dropped.
+        if not verify(origin, sig, rows[last][0]):
+            self._store.mark_damaged(origin, start + last)
+            return None
         return [r[2] for r in rows[: last + 1]], sig, rows[last][0]
 
     def _sign_own(self, seqno: int, nid: bytes) -> bytes:
@@ -1176,6 +1242,8 @@ class Node:
         else:
             prev = self._id_at(origin, start - 1, have)
             bodies = [r[2] for r in self._store.read(origin, start, have)]
+            if len(bodies) < have - start:
+                return None  # damaged: never signed and sent
         if len(bodies) > 1 and sum(map(len, bodies)) > self.config.batch_bytes:
             return None
         sig = self._sign_own(have - 1, self._log.head(origin))
@@ -1203,6 +1271,8 @@ class Node:
                 self._accept(peer, origin, run.start, run.prev, run.bodies, run.sig)
             except RemoteProtocolError as e:
                 self._drop(peer, str(e))
+            except StoreError as e:
+                self._store_failed(e)
             except Exception:
                 log.exception("%s: error accepting notes from %s", self, _h(peer.node))
                 self._drop(peer, "internal error")
@@ -1228,6 +1298,134 @@ class Node:
                 waiting = waiting or bool(peer.queue)
         if waiting and self.wake is not None:
             self.wake()
+
+    # -- our own store -------------------------------------------------------------------------
+    def _identity(self, create: bool) -> SigningKey:
+        seed = self._store.get_meta("seed")
+        if seed is None:
+            if not create and not self._store.is_empty():
+                raise StoreDamaged(f"{self._store.path} holds notes but no identity: damaged")
+            if not create:
+                raise NoIdentity(f"{self._store.path} holds no identity (emptied or removed)")
+            key = SigningKey()
+            self._store.set_meta("seed", key.seed)
+            self._store.set_meta("node", key.public)
+            return key
+        if not (isinstance(seed, bytes) and len(seed) == ID_SIZE):
+            raise StoreDamaged(f"the identity in {self._store.path} is damaged; run zflood check")
+        key = SigningKey(seed)
+        public = self._store.get_meta("node")
+        if public is None:
+            self._store.set_meta("node", key.public)  # stores from before it was kept
+        elif public != key.public:
+            raise StoreDamaged(f"the identity in {self._store.path} is damaged (its key does not "
+                               "match the node id stored beside it); run zflood check")
+        return key
+
+    @property
+    def store_status(self) -> dict[str, object]:
+        """Our store's health for `status`: whether we are storing, the last write error
+        until a write succeeds, and the damaged notes found (by origin) awaiting repair."""
+        return {
+            "storing": not self._paused,
+            "error": self._store_fault,
+            "damaged": {o.hex(): len(s) for o, s in self._store.damaged.items()},
+            "wal_bytes": self._store.wal_size(),
+        }
+
+    def check_store(self, step: int = 10_000) -> Iterator[CheckProgress]:
+        """`Store.check`, on this node's open store: damage found is fetched again."""
+        self._check_open()
+        return self._store.check(step)
+
+    def _store_failed(self, e: StoreError) -> None:
+        """A write (or a read) of our own store failed. Stop asking peers for notes: there is
+        nowhere to put them, and it is never the peer's fault. One warning per new reason."""
+        message = str(e)
+        if message != self._store_fault:
+            log.warning("%s: %s; not asking peers for notes until it can store again",
+                        self, message)
+        self._store_fault = message
+        self._paused = True
+        self._paused_at = self._now
+        self._requests.clear()
+        self._runs.clear()
+
+    def _stored(self) -> None:
+        """A write succeeded: a pause for a failed one is over."""
+        if self._store_fault is not None:
+            log.info("%s: storing again", self)
+            self._store_fault = None
+        self._paused = False
+
+    def _tick_store(self, now: float) -> None:
+        c = self.config
+        if self._paused:
+            if self._paused_at is None:
+                self._paused_at = now
+            if now - self._paused_at >= c.store_retry:
+                self._paused_at = now
+                if self._store.has_room(c.store_headroom):
+                    self._paused = False  # try again; a new failure pauses again, quietly
+                    for origin in {o for p in self._peers for o in p.heads}:
+                        self._plan(origin)
+        for origin, bad in list(self._store.damaged.items()):
+            asked = self._repair_asked.get(origin)
+            if asked is not None and asked[1] is not None and now - asked[1] < c.request_timeout:
+                continue
+            lo = min(bad)
+            holders = [
+                p for p in self._peers
+                if p.ready and not p.closed and p.heads.get(origin, 0) > lo
+            ]
+            if not holders:
+                continue
+            # the peer asked last time goes last: it may lack it, or be slow
+            holders.sort(key=lambda p: asked is not None and p is asked[0])
+            peer = holders[0]
+            end = min(max(bad) + 1, lo + c.batch_notes, peer.heads[origin])
+            if end <= lo:
+                continue
+            self._repair_asked[origin] = (peer, now)
+            self._send(peer, wire.Want(origin, lo, end))
+
+    def _on_damage(self, origin: bytes, seqno: int) -> None:
+        if origin not in self._repair_asked:
+            log.warning("%s: stored note %d of %s fails its hash link (the file is damaged): "
+                        "it is neither delivered nor served, and is fetched again from a peer",
+                        self, seqno, _h(origin))
+            self._repair_asked[origin] = (None, None)
+
+    def _repair(
+        self, origin: bytes, start: int, prev: bytes, ids: list[bytes],
+        bodies: list[Body] | tuple[Body, ...], sig: bytes, have: int,
+    ) -> None:
+        """A peer's signed run of `origin` covers notes damaged here: put them back, if the
+        run continues our chain where it is intact."""
+        bad = self._store.damaged.get(origin, set())
+        if start > 0 and start - 1 not in bad:
+            stored = self._store.id_at(origin, start - 1)
+            if stored != prev:
+                return  # another chain: the fork logic decides
+        repaired = 0
+        for i, nid in enumerate(ids):
+            seqno = start + i
+            if seqno >= have or seqno not in bad:
+                continue
+            row = (nid, sig if i == len(ids) - 1 else None, bodies[i])
+            index = self._store.repair(origin, seqno, row)
+            if index is None:
+                continue
+            repaired += 1
+            self._deliver(Note(origin, seqno, bodies[i], nid, index))
+        if repaired:
+            log.warning("%s: %d damaged notes of %s fetched again and repaired%s", self,
+                        repaired, _h(origin), "" if origin in self._store.damaged else
+                        "; none left")
+            if origin not in self._store.damaged:
+                self._repair_asked.pop(origin, None)
+            else:
+                self._repair_asked[origin] = (None, None)  # ask for the rest at once
 
     # -- channel plumbing ----------------------------------------------------------------------
     def _linked(self) -> tuple[bytes, ...]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT, Config
-from .errors import ConfigurationError, LocalError
+from .errors import ConfigurationError, LocalError, NoIdentity
 
 if TYPE_CHECKING:
     from .identity import Group
@@ -125,12 +125,32 @@ def save_group(state: Path, group: Group) -> None:
     os.replace(tmp, state / GROUP)
 
 
-def open_node(state: Path, group: Group, config: Config = DEFAULT) -> Node:
+def open_node(state: Path, group: Group, config: Config = DEFAULT, *, create: bool = False) -> Node:
+    """The node of a state directory. Without `create`, a store that lost its identity
+    (node.db emptied or removed while group.key is still there) is refused: starting afresh
+    would silently make this machine someone new in the group."""
     from .node import Node
 
     check_owner(state)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Node(path=str(state / STORE), group=group.id, config=config)
+    path = state / STORE
+    if not create and (not path.exists() or path.stat().st_size == 0):
+        raise LostIdentity(state)
+    try:
+        return Node(path=str(path), group=group.id, config=config, create=create)
+    except NoIdentity:
+        raise LostIdentity(state) from None
+
+
+class LostIdentity(ConfigurationError):
+    """A state directory whose store lost its identity: see `open_node`."""
+
+    def __init__(self, state: Path) -> None:
+        super().__init__(
+            f"{state / STORE} is empty or missing, but {state / GROUP} is there: this "
+            "machine's identity and notes are gone. Restore node.db from a backup, or start "
+            "as a new member of the group with: zflood run --new-identity"
+        )
 
 
 def write_endpoints(state: Path, data: dict[str, Any]) -> None:

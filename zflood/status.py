@@ -34,6 +34,7 @@ def node_status(node: Node, members: Members, linked: frozenset[bytes] = frozens
         "notes": node.count,
         "heads": {origin.hex(): count for origin, count in heads.items()},
         "forks": node.fork_report(),  # where each forked origin split, what was kept
+        "store": node.store_status,  # storing or not (a full disk), damage being repaired
         "members": rows,
         "members_left_out": len(heads) - len(rows),
         "ed25519": identity.backend(),  # libsodium with the `fast` extra, else cryptography

@@ -1,17 +1,28 @@
 """SQLite storage: one append-only log per origin, heads read from the index, replay streamed.
 
-Theory of operation. `notes` is a WITHOUT ROWID table keyed by (origin number, seqno), so one
-origin's log is contiguous on disk and a range read is one index walk. It is the only B-tree a
-note touches: a single-note commit writes one page to the WAL, not two (a second index costs
-a third of every publish). Each note also holds `idx`, its local arrival index. An origin's
-notes arrive in seqno order, so within one origin `idx` grows with seqno: replay in arrival
-order is a merge of the origins' logs by `idx`, and the first note at or after an index is a
-binary search on the primary key. Heads are not kept in a table: each is one `max(seqno)`
-lookup, so opening a store costs O(origins * log n) whatever the history. WAL with
-synchronous=NORMAL makes a commit durable against a crash of the process (kill -9) once
-`commit` returns; `fsync=True` switches to synchronous=FULL for power loss. App notes (a CBOR
-map body with a text `app`, see appnote.py) are also indexed by (app, idx) in `app_notes`,
-kept by triggers in the statement that stores the note.
+Theory of operation. `log` is an ordinary rowid table whose INTEGER PRIMARY KEY packs
+(origin number, seqno) as `no << 40 | seqno`, so one origin's log is a rowid range, contiguous
+on disk, and a range read is one B-tree walk. It is the only B-tree a note touches: a
+single-note commit writes one leaf page to the WAL. A rowid table keeps a row of up to about
+page size - 35 bytes on its leaf page and packs longer ones into full overflow pages (a
+WITHOUT ROWID table keeps only about a quarter page of a row on its leaf, so a 2 KiB note cost
+4.7 KB), and 16 KiB pages hold seven 2 KiB notes a page (4 KiB pages hold one, 8 KiB three):
+measured bytes on disk per note are printed by tools/bench_engine.py.
+
+Each note also holds `idx`, its local arrival index. An origin's notes arrive in seqno order,
+so within one origin `idx` grows with seqno: replay in arrival order is a merge of the origins'
+logs by `idx`, and the first note at or after an index is a binary search on the key. Heads
+are not kept in a table: each is one lookup of the range's last key, so opening a store costs
+O(origins * log n) whatever the history. App notes (a CBOR map body with a text `app`, see
+appnote.py) are also indexed by (app, idx) in `app_notes`, kept by triggers in the statement
+that stores the note.
+
+Every read that hands notes on (replay, `read`) rechecks each note's hash link, id ==
+note_id(origin, seqno, previous id, body), so a note whose bytes changed on disk is never
+delivered or served: it is left out, recorded in `damaged`, and reported to `on_damage`
+(the engine fetches it again from a peer and `repair` puts it back). SQLite's own errors
+become `StoreFull` (no space: nothing was written) or `StoreDamaged`/`StoreError`, one line
+each, never a traceback and never a peer's fault.
 
 Forks (the rule is in log.py). `replace` puts another branch in place of an origin's chain
 from a seqno, in one transaction: the notes it replaces move to `dropped`, keeping their index
@@ -19,40 +30,52 @@ where they were delivered (replay merges them in by index, so what was delivered
 it was), and the new rows get new indices, so within an origin the index still grows with the
 seqno. An index once given is never given again (opening takes the highest in `dropped` into
 account). `again` holds, for chain notes that publish another's body again, the body replay
-shows, or that it shows nothing (hidden: that body was delivered here already). Only the
-engine writes; nothing here knows the protocol.
+shows, or that it shows nothing (hidden: that body was delivered here already).
+
+WAL with synchronous=NORMAL makes a commit durable against a crash of the process (kill -9)
+once `commit` returns; `fsync=True` switches to synchronous=FULL for power loss. The WAL is
+checkpointed once it holds `wal_bytes` and truncated back to that size after, so it never
+exceeds `wal_bytes` plus the largest single transaction; a clean `close` merges it whole.
+Only the engine writes; nothing here knows the protocol.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import cbor2
+
 from .appnote import app_of
-from .errors import LocalError, StoreInUse
+from .errors import StoreDamaged, StoreError, StoreFull, StoreInUse
+from .identity import GENESIS, ID_SIZE, SIG_SIZE, note_id, verify
 
 Body = str | bytes
 Row = tuple[bytes, bytes | None, Body]  # (note id, signature or None, body)
 
+#: Bytes of a page for new stores: see the module docstring (existing ones are migrated).
+PAGE_SIZE = 16384
+_SEQ_BITS = 40  # a key is origin number << 40 | seqno: 2**40 notes per origin
+_MAX_SEQ = (1 << _SEQ_BITS) - 1
+#: Most damaged seqnos remembered per origin (a wrecked page can hold a hundred notes).
+MAX_DAMAGED = 100_000
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS origins (no INTEGER PRIMARY KEY, origin BLOB NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS notes (
-    origin INTEGER NOT NULL,
-    seqno INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS log (
+    k INTEGER PRIMARY KEY,  -- origin number << 40 | seqno
     idx INTEGER NOT NULL,
     id BLOB NOT NULL,
     sig BLOB,
-    body NOT NULL,
-    PRIMARY KEY (origin, seqno)
-) WITHOUT ROWID;
--- earlier stores kept a second index on idx: one more page written by every commit
-DROP INDEX IF EXISTS notes_by_idx;
+    body NOT NULL  -- last, so reading the other columns never touches overflow pages
+);
 CREATE TABLE IF NOT EXISTS forks (
     origin BLOB NOT NULL,
     seqno INTEGER NOT NULL,  -- where the branches split
@@ -99,6 +122,110 @@ Again = tuple[int, bytes, int, bool, "Body"]
 Dropped = tuple[int, bytes, bytes | None, "Body", bytes, int, "Body"]
 
 
+# Stores written before the rowid table: moved into `log` on open, once.
+_OLD_NOTES = "notes"
+_MIGRATE = f"""
+INSERT INTO log (k, idx, id, sig, body)
+    SELECT (origin << {_SEQ_BITS}) | seqno, idx, id, sig, body FROM notes;
+DROP TABLE notes;
+-- the app index's triggers name the old table (those on it went with it); made again
+DROP TRIGGER IF EXISTS app_notes_again;
+DROP TRIGGER IF EXISTS app_notes_again_gone;
+DROP TRIGGER IF EXISTS app_notes_dropped;
+"""
+
+# App notes, by app and arrival index: an app reads its own notes at a cost that follows their
+# number. The index follows what replay shows at each index (a chain note's body, the body a
+# note published again carries, a note shown here before it left its chain), kept by triggers
+# in the statements that change those, so it never disagrees with them. SQL looks at a body's
+# first byte (a CBOR map) before Python decodes anything.
+_APP_MAP = "typeof({0}) = 'blob' AND substr({0}, 1, 1) BETWEEN x'a0' AND x'bf'"
+_ORIGIN_OF = "({0}.k >> " + str(_SEQ_BITS) + ")"
+_SEQNO_OF = "({0}.k & " + str(_MAX_SEQ) + ")"
+
+
+def _index_at(idx: str, origin: str, seqno: str, body: str, when: str = "1") -> str:
+    """SQL: index `body`, shown at `idx`, if it is an app note and `when` holds."""
+    return (f"INSERT OR REPLACE INTO app_notes SELECT a, {idx}, {origin}, {seqno}"
+            f" FROM (SELECT zflood_app({body}) AS a) WHERE a IS NOT NULL AND ({when})"
+            f" AND {_APP_MAP.format(body)}")
+
+
+_NOTE_OF_AGAIN = ("(SELECT idx FROM log WHERE k = ({0}.origin << " + str(_SEQ_BITS)
+                  + ") | {0}.seqno)")
+_APP_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS app_notes (
+    app TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    origin INTEGER NOT NULL,
+    seqno INTEGER NOT NULL,
+    PRIMARY KEY (app, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS app_notes_by_idx ON app_notes (idx);
+CREATE TRIGGER IF NOT EXISTS app_notes_insert AFTER INSERT ON log
+WHEN {_APP_MAP.format("NEW.body")} BEGIN
+    {_index_at("NEW.idx", _ORIGIN_OF.format("NEW"), _SEQNO_OF.format("NEW"), "NEW.body")};
+END;
+-- a note replaced in a fork moved to `dropped` first, which indexed what it shows there
+CREATE TRIGGER IF NOT EXISTS app_notes_delete AFTER DELETE ON log BEGIN
+    DELETE FROM app_notes WHERE idx = OLD.idx
+        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = OLD.idx);
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_update AFTER UPDATE OF body ON log BEGIN
+    DELETE FROM app_notes WHERE idx = OLD.idx;
+    {_index_at("NEW.idx", _ORIGIN_OF.format("NEW"), _SEQNO_OF.format("NEW"), "NEW.body")};
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_again AFTER INSERT ON again BEGIN
+    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("NEW")};
+    {_index_at(_NOTE_OF_AGAIN.format("NEW"), "NEW.origin", "NEW.seqno", "NEW.shown",
+               "NOT NEW.hidden")};
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_again_gone AFTER DELETE ON again BEGIN
+    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("OLD")}
+        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = {_NOTE_OF_AGAIN.format("OLD")});
+END;
+CREATE TRIGGER IF NOT EXISTS app_notes_dropped AFTER INSERT ON dropped
+WHEN NEW.idx IS NOT NULL BEGIN
+    DELETE FROM app_notes WHERE idx = NEW.idx;
+    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.shown")};
+END;
+"""
+# A store from before the index: the same, from what it holds.
+_APP_BACKFILL = f"""
+INSERT OR REPLACE INTO app_notes SELECT a, idx, o, s FROM (SELECT zflood_app(body) AS a, idx,
+    {_ORIGIN_OF.format("log")} AS o, {_SEQNO_OF.format("log")} AS s FROM log
+    WHERE {_APP_MAP.format("body")}) WHERE a IS NOT NULL;
+DELETE FROM app_notes WHERE idx IN (SELECT n.idx FROM again g JOIN log n
+    ON n.k = (g.origin << {_SEQ_BITS}) | g.seqno);
+INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(g.shown)
+    AS a, n.idx, g.origin, g.seqno FROM again g JOIN log n
+    ON n.k = (g.origin << {_SEQ_BITS}) | g.seqno WHERE NOT g.hidden) WHERE a IS NOT NULL;
+DELETE FROM app_notes WHERE idx IN (SELECT idx FROM dropped WHERE idx IS NOT NULL);
+INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(shown)
+    AS a, idx, origin, seqno FROM dropped WHERE idx IS NOT NULL) WHERE a IS NOT NULL;
+"""
+
+# An app's notes from the index, each looked up by its key (and the note before it, whose id
+# its hash link needs): never a scan of the log. The plain form serves a store with no fork
+# in it; the other also looks where replay would.
+_APP_READ = (
+    "SELECT a.idx, a.origin, a.seqno, n.idx, n.body, n.id, p.id, NULL, NULL, NULL, NULL"
+    " FROM app_notes a"
+    f" JOIN log n ON n.k = (a.origin << {_SEQ_BITS}) | a.seqno"
+    " LEFT JOIN log p ON p.k = n.k - 1 AND a.seqno > 0"
+    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
+)
+_APP_READ_FORKED = (
+    "SELECT a.idx, a.origin, a.seqno, n.idx, n.body, n.id, p.id, g.hidden, g.shown, d.shown,"
+    " d.id FROM app_notes a"
+    f" LEFT JOIN log n ON n.k = (a.origin << {_SEQ_BITS}) | a.seqno"
+    " LEFT JOIN log p ON p.k = n.k - 1 AND a.seqno > 0"
+    " LEFT JOIN again g ON g.origin = a.origin AND g.seqno = a.seqno"
+    " LEFT JOIN dropped d ON d.idx = a.idx"
+    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     """One delivered note. `index` is its local arrival index in this node's store."""
@@ -122,128 +249,104 @@ class Fork:
     evidence: bytes  # CBOR: the conflicting signed batch as received, with its previous id
 
 
-# App notes, by app and arrival index: an app reads its own notes at a cost that follows their
-# number. The index follows what replay shows at each index (a chain note's body, the body a
-# note published again carries, a note shown here before it left its chain), kept by triggers
-# in the statements that change those, so it never disagrees with them. SQL looks at a body's
-# first byte (a CBOR map) before Python decodes anything.
-_APP_MAP = "typeof({0}) = 'blob' AND substr({0}, 1, 1) BETWEEN x'a0' AND x'bf'"
+@dataclass(frozen=True, slots=True)
+class CheckProgress:
+    """One step of `Store.check`: notes checked so far of `total`, and what is damaged."""
 
-
-def _index_at(idx: str, origin: str, seqno: str, body: str, when: str = "1") -> str:
-    """SQL: index `body`, shown at `idx`, if it is an app note and `when` holds."""
-    return (f"INSERT OR REPLACE INTO app_notes SELECT a, {idx}, {origin}, {seqno}"
-            f" FROM (SELECT zflood_app({body}) AS a) WHERE a IS NOT NULL AND ({when})"
-            f" AND {_APP_MAP.format(body)}")
-
-
-_NOTE_OF_AGAIN = "(SELECT idx FROM notes WHERE origin = {0}.origin AND seqno = {0}.seqno)"
-_APP_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS app_notes (
-    app TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    origin INTEGER NOT NULL,
-    seqno INTEGER NOT NULL,
-    PRIMARY KEY (app, idx)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS app_notes_by_idx ON app_notes (idx);
-CREATE TRIGGER IF NOT EXISTS app_notes_insert AFTER INSERT ON notes
-WHEN {_APP_MAP.format("NEW.body")} BEGIN
-    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.body")};
-END;
--- a note replaced in a fork moved to `dropped` first, which indexed what it shows there
-CREATE TRIGGER IF NOT EXISTS app_notes_delete AFTER DELETE ON notes BEGIN
-    DELETE FROM app_notes WHERE idx = OLD.idx
-        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = OLD.idx);
-END;
-CREATE TRIGGER IF NOT EXISTS app_notes_update AFTER UPDATE OF body ON notes BEGIN
-    DELETE FROM app_notes WHERE idx = OLD.idx;
-    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.body")};
-END;
-CREATE TRIGGER IF NOT EXISTS app_notes_again AFTER INSERT ON again BEGIN
-    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("NEW")};
-    {_index_at(_NOTE_OF_AGAIN.format("NEW"), "NEW.origin", "NEW.seqno", "NEW.shown",
-               "NOT NEW.hidden")};
-END;
-CREATE TRIGGER IF NOT EXISTS app_notes_again_gone AFTER DELETE ON again BEGIN
-    DELETE FROM app_notes WHERE idx = {_NOTE_OF_AGAIN.format("OLD")}
-        AND NOT EXISTS (SELECT 1 FROM dropped WHERE idx = {_NOTE_OF_AGAIN.format("OLD")});
-END;
-CREATE TRIGGER IF NOT EXISTS app_notes_dropped AFTER INSERT ON dropped
-WHEN NEW.idx IS NOT NULL BEGIN
-    DELETE FROM app_notes WHERE idx = NEW.idx;
-    {_index_at("NEW.idx", "NEW.origin", "NEW.seqno", "NEW.shown")};
-END;
-"""
-# A store from before the index: the same, from what it holds.
-_APP_BACKFILL = f"""
-INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(body)
-    AS a, idx, origin, seqno FROM notes WHERE {_APP_MAP.format("body")}) WHERE a IS NOT NULL;
-DELETE FROM app_notes WHERE idx IN (SELECT n.idx FROM again g JOIN notes n
-    ON n.origin = g.origin AND n.seqno = g.seqno);
-INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(g.shown)
-    AS a, n.idx, n.origin, n.seqno FROM again g JOIN notes n ON n.origin = g.origin
-    AND n.seqno = g.seqno WHERE NOT g.hidden) WHERE a IS NOT NULL;
-DELETE FROM app_notes WHERE idx IN (SELECT idx FROM dropped WHERE idx IS NOT NULL);
-INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zflood_app(shown)
-    AS a, idx, origin, seqno FROM dropped WHERE idx IS NOT NULL) WHERE a IS NOT NULL;
-"""
-
-# An app's notes from the index, each looked up by its key: never a scan of the log. The
-# plain form serves a store with no fork in it; the other also looks where replay would.
-_APP_READ = (
-    "SELECT a.idx, a.origin, a.seqno, n.body, n.id FROM app_notes a"
-    " JOIN notes n ON n.origin = a.origin AND n.seqno = a.seqno"
-    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
-)
-_APP_READ_FORKED = (
-    "SELECT a.idx, a.origin, a.seqno,"
-    " CASE WHEN n.idx = a.idx THEN (CASE WHEN g.hidden THEN NULL ELSE coalesce(g.shown, n.body)"
-    "   END) ELSE d.shown END,"
-    " CASE WHEN n.idx = a.idx THEN n.id ELSE d.id END"
-    " FROM app_notes a"
-    " LEFT JOIN notes n ON n.origin = a.origin AND n.seqno = a.seqno"
-    " LEFT JOIN again g ON g.origin = a.origin AND g.seqno = a.seqno"
-    " LEFT JOIN dropped d ON d.idx = a.idx"
-    " WHERE a.app = ? AND a.idx >= ? AND a.idx < ? ORDER BY a.idx LIMIT ?"
-)
+    checked: int
+    total: int
+    damaged: dict[bytes, list[int]]  # origin -> damaged seqnos found so far (sorted)
+    integrity: list[str]  # what SQLite's integrity_check said, when not "ok"
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, fsync: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        fsync: bool = False,
+        wal_bytes: int = 4 * 1024 * 1024,
+    ):
         self.path = None if path is None else os.fspath(path)
+        #: origin -> seqnos whose stored note failed its hash link (left out of every read)
+        self.damaged: dict[bytes, set[int]] = {}
+        #: called once per newly damaged note with (origin, seqno)
+        self.on_damage: Callable[[bytes, int], None] | None = None
         try:
             if self.path is not None:
                 self._db = _connect(self.path)
+                # takes effect on a new file only; an old one keeps its size until migrated
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 self._db.execute("PRAGMA journal_mode=WAL")
             else:
                 self._db = sqlite3.connect(":memory:", isolation_level=None)
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            # A checkpoint copies the WAL into the database and syncs both: a few ms. Every
-            # 10,000 pages (a WAL of up to 40 MB) instead of SQLite's 1,000 makes that pause
-            # ten times rarer (p99.9 of a publish: 3.7 ms -> 0.1 ms) and publishing ~20% faster.
-            self._db.execute("PRAGMA wal_autocheckpoint=10000")
+            self._migrate()
             self._db.executescript(_SCHEMA)
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            # A checkpoint copies the WAL into the database and syncs both: a few ms, paid
+            # once per `wal_bytes` of commits (tools/bench_engine.py measures it). Without a
+            # bound the WAL grew to 40 MB and filled a small disk by itself.
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, wal_bytes // page)}")
+            self._db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         except sqlite3.DatabaseError as e:
             if _busy(e):
                 raise StoreInUse(f"store {self.path} is in use by another process") from None
-            raise LocalError(f"cannot open store {self.path}: {e}") from None
+            raise _error(e, f"cannot open store {self.path}") from None
         self._origin_no: dict[bytes, int] = {}
         self._origins: dict[int, bytes] = {}
         self._spans: dict[int, _Span] = {}
         self._again: set[int] = set()  # origins with notes published again on their chain
         self._dropped_shown = False  # whether replay must look at dropped notes
         self.next_index = 0
-        self._load()
-        self._open_app_index()
+        with self._errors("cannot open store"):
+            self._load()
+            self._open_app_index()
+
+    def _migrate(self) -> None:
+        """Move a store of the WITHOUT ROWID layout into `log`, and give it the page size of
+        new stores (VACUUM rewrites the file; SQLite changes a page size only outside WAL)."""
+        db = self._db
+        if db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_OLD_NOTES,)
+        ).fetchone() is None:
+            return
+        try:
+            db.executescript(f"BEGIN; {_SCHEMA} {_MIGRATE} COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if self.path is not None and int(db.execute("PRAGMA page_size").fetchone()[0]) != PAGE_SIZE:
+            with contextlib.suppress(sqlite3.Error):  # a store at the old size works too
+                db.execute("PRAGMA journal_mode=DELETE")
+                db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                db.execute("VACUUM")
+            db.execute("PRAGMA journal_mode=WAL")
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise _error(e, f"{doing} {self.path or '(memory)'}") from None
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._errors("cannot read store"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._errors("cannot write store"):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def is_empty(self) -> bool:
+        """Whether the file holds nothing at all (no identity, no notes): new, or emptied."""
+        with self._errors("cannot read store"):
+            return self._db.execute("SELECT count(*) FROM meta").fetchone()[0] == 0 and not (
+                self._spans
+            )
 
     # -- heads ---------------------------------------------------------------------------
     def heads(self) -> dict[bytes, tuple[int, bytes]]:
@@ -287,28 +390,29 @@ class Store:
         self, origin: bytes, start: int, rows: Sequence[Row], again: Sequence[Again] = ()
     ) -> int:
         """Store notes start.. of `origin` in one transaction; returns the first's index.
-        Durable (against a crash of the process) when this returns. `again` describes the
-        rows that carry a body published again."""
-        if again:
-            with self._transaction():
-                first = self._append(origin, start, rows)
-                self._add_again(origin, again)
-            return first
-        return self._append(origin, start, rows)
+        Durable (against a crash of the process) when this returns; on `StoreFull` nothing
+        was written. `again` describes the rows that carry a body published again."""
+        with self._errors("cannot write to store"):
+            if again:
+                with self._transaction():
+                    first = self._append(origin, start, rows)
+                    self._add_again(origin, again)
+                return first
+            return self._append(origin, start, rows)
 
     def _append(self, origin: bytes, start: int, rows: Sequence[Row]) -> int:
         first = self.next_index
         no = self._no(origin)
         db = self._db
-        insert = "INSERT INTO notes (origin, seqno, idx, id, sig, body) VALUES (?,?,?,?,?,?)"
+        base = (no << _SEQ_BITS) + start
+        insert = "INSERT INTO log (k, idx, id, sig, body) VALUES (?, ?, ?, ?, ?)"
         if len(rows) == 1:  # one statement commits by itself (or joins the open transaction)
-            note_id, sig, body = rows[0]
-            db.execute(insert, (no, start, first, note_id, sig, body))
+            nid, sig, body = rows[0]
+            db.execute(insert, (base, first, nid, sig, body))
         else:
             with self._transaction():
                 db.executemany(
-                    insert,
-                    [(no, start + i, first + i, r[0], r[1], r[2]) for i, r in enumerate(rows)],
+                    insert, [(base + i, first + i, r[0], r[1], r[2]) for i, r in enumerate(rows)]
                 )
         n = len(rows)
         span = self._spans.get(no)
@@ -329,11 +433,11 @@ class Store:
         db.execute("BEGIN")
         try:
             yield
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             self._load()
             raise
-        db.execute("COMMIT")
 
     def _add_again(self, origin: bytes, again: Sequence[Again]) -> None:
         no = self._no(origin)
@@ -351,21 +455,27 @@ class Store:
         the first new row's index. The notes replaced move to `dropped`; those that were shown
         here keep their index there, so replay still shows them where they were, and new rows
         get new indices, so within an origin the index still grows with the seqno."""
-        no = self._no(origin)
         db = self._db
-        with self._transaction():
+        with self._errors("cannot write to store"), self._transaction():
+            no = self._no(origin)
+            base = no << _SEQ_BITS
             cur = db.execute(
-                "INSERT OR IGNORE INTO dropped SELECT n.origin, n.seqno, n.id, n.sig, n.body,"
-                " coalesce(a.root, n.id), coalesce(a.root_seqno, n.seqno),"
+                "INSERT OR IGNORE INTO dropped SELECT ?, n.k - ?, n.id, n.sig, n.body,"
+                " coalesce(a.root, n.id), coalesce(a.root_seqno, n.k - ?),"
                 " coalesce(a.shown, n.body), CASE WHEN a.hidden THEN NULL ELSE n.idx END"
-                " FROM notes n LEFT JOIN again a ON a.origin = n.origin AND a.seqno = n.seqno"
-                " WHERE n.origin = ? AND n.seqno >= ?",
-                (no, start),
+                " FROM log n LEFT JOIN again a ON a.origin = ? AND a.seqno = n.k - ?"
+                " WHERE n.k >= ? AND n.k <= ?",
+                (no, base, base, no, base, base + start, base | _MAX_SEQ),
             )
             if cur.rowcount:
                 self._dropped_shown = True
             db.execute("DELETE FROM again WHERE origin = ? AND seqno >= ?", (no, start))
-            db.execute("DELETE FROM notes WHERE origin = ? AND seqno >= ?", (no, start))
+            db.execute("DELETE FROM log WHERE k >= ? AND k <= ?", (base + start, base | _MAX_SEQ))
+            bad = self.damaged.get(origin)
+            if bad:  # what was damaged there is gone: the new rows are checked as they come
+                bad.difference_update({q for q in bad if q >= start})
+                if not bad:
+                    del self.damaged[origin]
             self._load_span(no)
             first = self.next_index
             if rows:
@@ -377,8 +487,8 @@ class Store:
     def keep(self, origin: bytes, notes: Sequence[Dropped]) -> int:
         """Keep notes of `origin` that are not on its chain here (never shown here);
         returns how many were new."""
-        no = self._no(origin)
-        with self._transaction():
+        with self._errors("cannot write to store"), self._transaction():
+            no = self._no(origin)
             before = self._db.total_changes
             self._db.executemany(
                 "INSERT OR IGNORE INTO dropped VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
@@ -386,17 +496,53 @@ class Store:
             )
             return self._db.total_changes - before
 
+    def repair(self, origin: bytes, seqno: int, row: Row) -> int | None:
+        """Put back a damaged note, as a peer sent it (its chain checked and signed), at its
+        old arrival index, which is returned. None if it is not marked damaged here or its
+        row is gone."""
+        bad = self.damaged.get(origin)
+        no = self._origin_no.get(origin)
+        if bad is None or seqno not in bad or no is None:
+            return None
+        k = (no << _SEQ_BITS) | seqno
+        sig = row[1]
+        with self._errors("cannot write to store"):
+            if sig is None:
+                # keep the signature stored there if it still holds (it marks where a batch
+                # as received ended); a damaged one goes
+                old = self._fetchone("SELECT sig FROM log WHERE k = ?", (k,))
+                if old is not None and isinstance(old[0], bytes) and verify(origin, old[0],
+                                                                            row[0]):
+                    sig = old[0]
+            found = self._db.execute(
+                "UPDATE log SET id = ?, sig = ?, body = ? WHERE k = ? RETURNING idx",
+                (row[0], sig, row[2], k),
+            ).fetchone()
+        if found is None or type(found[0]) is not int:
+            return None
+        bad.discard(seqno)
+        if not bad:
+            del self.damaged[origin]
+        span = self._spans[no]
+        if seqno == span.last:
+            self._spans[no] = span._replace(last_id=row[0])
+        return int(found[0])
+
     def add_fork(self, fork: Fork) -> bool:
         """Record a fork once per (origin, seqno); True if it is new."""
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
-            (fork.origin, fork.seqno, fork.kept, fork.lost, fork.evidence),
-        )
+        with self._errors("cannot write to store"):
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
+                (fork.origin, fork.seqno, fork.kept, fork.lost, fork.evidence),
+            )
         return cur.rowcount == 1
 
     def _load(self) -> None:
         """Read again what is kept in memory of every origin."""
-        self._origin_no = dict(self._db.execute("SELECT origin, no FROM origins").fetchall())
+        self._origin_no = {}
+        for origin, no in self._db.execute("SELECT origin, no FROM origins").fetchall():
+            if isinstance(origin, bytes) and type(no) is int:
+                self._origin_no[origin] = no
         self._origins = {no: o for o, no in self._origin_no.items()}
         self._spans = {}
         for no in self._origins:
@@ -408,118 +554,157 @@ class Store:
         self.next_index = max(
             self.next_index,
             max((s.last_index for s in self._spans.values()), default=-1) + 1,
-            0 if shown_max is None else shown_max + 1,
+            shown_max + 1 if type(shown_max) is int else 0,
         )
 
     def _load_span(self, no: int) -> None:
+        base = no << _SEQ_BITS
         row = self._db.execute(
-            "SELECT seqno, id, idx FROM notes WHERE origin = ? ORDER BY seqno DESC LIMIT 1",
-            (no,),
+            "SELECT k, id, idx FROM log WHERE k >= ? AND k <= ? ORDER BY k DESC LIMIT 1",
+            (base, base | _MAX_SEQ),
         ).fetchone()
         if row is None:
             self._spans.pop(no, None)
             return
         first = self._db.execute(
-            "SELECT idx FROM notes WHERE origin = ? AND seqno = 0", (no,)
+            "SELECT idx FROM log WHERE k >= ? ORDER BY k LIMIT 1", (base,)
         ).fetchone()[0]
-        self._spans[no] = _Span(first, *row)
+        k, last_id, last_idx = row
+        if not 0 <= k - base <= _MAX_SEQ:  # a damaged B-tree: see _run
+            k = base
+        if not (_is_id(last_id) and type(last_idx) is int and type(first) is int):
+            # a damaged tip: keep the log usable; the bad note shows on its next read
+            last_id = last_id if _is_id(last_id) else bytes(ID_SIZE)
+            last_idx = last_idx if type(last_idx) is int else 0
+            first = first if type(first) is int else 0
+        self._spans[no] = _Span(first, k - base, last_id, last_idx)
 
     # -- what forks left -----------------------------------------------------------------
     def delivered(self, origin: bytes, root: bytes, root_seqno: int) -> bool:
         """Whether a note carrying the body of note `root` was shown here: on the chain, or
         before it left the chain."""
-        no = self._origin_no.get(origin)
-        if no is None:
-            return False
-        db = self._db
-        return (
-            db.execute("SELECT 1 FROM dropped WHERE origin = ? AND root = ? AND idx IS NOT NULL",
-                       (no, root)).fetchone() is not None
-            or self.id_at(origin, root_seqno) == root
-            or db.execute("SELECT 1 FROM again WHERE origin = ? AND root = ? AND NOT hidden",
-                          (no, root)).fetchone() is not None
-        )
+        with self._errors("cannot read store"):
+            no = self._origin_no.get(origin)
+            if no is None:
+                return False
+            db = self._db
+            return (
+                db.execute("SELECT 1 FROM dropped WHERE origin = ? AND root = ?"
+                           " AND idx IS NOT NULL", (no, root)).fetchone() is not None
+                or self.id_at(origin, root_seqno) == root
+                or db.execute("SELECT 1 FROM again WHERE origin = ? AND root = ? AND NOT hidden",
+                              (no, root)).fetchone() is not None
+            )
 
     def owed(self, origin: bytes) -> list[Dropped]:
         """Notes of `origin` off its chain here whose body the chain does not carry (as the
         note itself or published again), by seqno: what its origin must publish again."""
-        no = self._origin_no.get(origin)
-        if no is None:
-            return []
-        return [
-            (seqno, bytes(nid), sig, body, bytes(root), root_seqno, shown)
-            for seqno, nid, sig, body, root, root_seqno, shown in self._db.execute(
-                "SELECT d.seqno, d.id, d.sig, d.body, d.root, d.root_seqno, d.shown"
-                " FROM dropped d WHERE d.origin = ?"
-                " AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.origin = d.origin"
-                "                 AND n.seqno = d.root_seqno AND n.id = d.root)"
-                " AND NOT EXISTS (SELECT 1 FROM again a WHERE a.origin = d.origin"
-                "                 AND a.root = d.root)"
-                " ORDER BY d.seqno, d.id",
-                (no,),
-            )
-        ]
+        with self._errors("cannot read store"):
+            no = self._origin_no.get(origin)
+            if no is None:
+                return []
+            return [
+                (seqno, bytes(nid), sig, body, bytes(root), root_seqno, shown)
+                for seqno, nid, sig, body, root, root_seqno, shown in self._db.execute(
+                    "SELECT d.seqno, d.id, d.sig, d.body, d.root, d.root_seqno, d.shown"
+                    " FROM dropped d WHERE d.origin = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM log n"
+                    f"                 WHERE n.k = (d.origin << {_SEQ_BITS}) | d.root_seqno"
+                    "                 AND n.id = d.root)"
+                    " AND NOT EXISTS (SELECT 1 FROM again a WHERE a.origin = d.origin"
+                    "                 AND a.root = d.root)"
+                    " ORDER BY d.seqno, d.id",
+                    (no,),
+                )
+            ]
 
     def published_again(self, origin: bytes, since: int) -> tuple[int, int, int]:
         """(how many, first seqno, last seqno) of chain notes of `origin` that carry bodies of
         notes at `since` or later, published again; (0, -1, -1) if none."""
-        no = self._origin_no.get(origin)
-        if no is None or no not in self._again:
-            return 0, -1, -1
-        n, first, last = self._db.execute(
-            "SELECT count(*), min(seqno), max(seqno) FROM again WHERE origin = ?"
-            " AND root_seqno >= ?", (no, since)
-        ).fetchone()
-        return (0, -1, -1) if not n else (n, first, last)
+        with self._errors("cannot read store"):
+            no = self._origin_no.get(origin)
+            if no is None or no not in self._again:
+                return 0, -1, -1
+            n, first, last = self._db.execute(
+                "SELECT count(*), min(seqno), max(seqno) FROM again WHERE origin = ?"
+                " AND root_seqno >= ?", (no, since)
+            ).fetchone()
+            return (0, -1, -1) if not n else (n, first, last)
 
     def dropped_count(self, origin: bytes, since: int) -> int:
         """Notes of `origin` from seqno `since` on that are held off its chain."""
-        no = self._origin_no.get(origin)
-        if no is None:
-            return 0
-        return int(self._db.execute(
-            "SELECT count(*) FROM dropped WHERE origin = ? AND seqno >= ?", (no, since)
-        ).fetchone()[0])
+        with self._errors("cannot read store"):
+            no = self._origin_no.get(origin)
+            if no is None:
+                return 0
+            return int(self._db.execute(
+                "SELECT count(*) FROM dropped WHERE origin = ? AND seqno >= ?", (no, since)
+            ).fetchone()[0])
 
     # -- reads ---------------------------------------------------------------------------
     def read(self, origin: bytes, start: int, end: int) -> list[Row]:
-        """Notes [start, end) of `origin` that are held, in order."""
+        """Notes [start, end) of `origin` that are held, in order, up to the first one that
+        fails its hash link (which is recorded as damaged)."""
         no = self._origin_no.get(origin)
-        if no is None:
+        if no is None or start >= end:
             return []
-        return self._db.execute(
-            "SELECT id, sig, body FROM notes WHERE origin = ? AND seqno >= ? AND seqno < ?"
-            " ORDER BY seqno",
-            (no, start, end),
-        ).fetchall()
+        base = no << _SEQ_BITS
+        lo = max(start - 1, 0)
+        rows = self._fetch(
+            "SELECT k, id, sig, body FROM log WHERE k >= ? AND k < ? ORDER BY k",
+            (base + lo, base + min(end, _MAX_SEQ + 1)),
+        )
+        prev: object = GENESIS
+        expect = lo
+        out: list[Row] = []
+        for k, nid, sig, body in rows:
+            seqno = k - base
+            if seqno != expect:
+                break  # a gap: the key of the missing note was damaged
+            expect += 1
+            if seqno < start:
+                prev = nid
+                continue
+            if not (
+                _is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
+                and (sig is None or (isinstance(sig, bytes) and len(sig) == SIG_SIZE))
+                and note_id(origin, seqno, prev, body) == nid  # type: ignore[arg-type]
+            ):
+                self._damage(origin, seqno)
+                break
+            out.append((nid, sig, body))
+            prev = nid
+        return out
 
     def next_signed(self, origin: bytes, start: int) -> int | None:
         """The first seqno >= start whose signature is stored."""
         no = self._origin_no.get(origin)
         if no is None:
             return None
-        row = self._db.execute(
-            "SELECT seqno FROM notes WHERE origin = ? AND seqno >= ? AND sig IS NOT NULL"
-            " ORDER BY seqno LIMIT 1",
-            (no, start),
-        ).fetchone()
-        return None if row is None else int(row[0])
+        base = no << _SEQ_BITS
+        row = self._fetchone(
+            "SELECT k FROM log WHERE k >= ? AND k <= ? AND sig IS NOT NULL ORDER BY k LIMIT 1",
+            (base + start, base | _MAX_SEQ),
+        )
+        if row is None or not start <= row[0] - base <= _MAX_SEQ:  # see _run
+            return None
+        return int(row[0]) - base
 
     def id_at(self, origin: bytes, seqno: int) -> bytes | None:
+        """The stored id at `seqno` (a damaged one shows when the notes after it are read)."""
         no = self._origin_no.get(origin)
         if no is None:
             return None
-        row = self._db.execute(
-            "SELECT id FROM notes WHERE origin = ? AND seqno = ?", (no, seqno)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
+        row = self._fetchone("SELECT id FROM log WHERE k = ?", ((no << _SEQ_BITS) | seqno,))
+        return bytes(row[0]) if row is not None and _is_id(row[0]) else None
 
     def replay(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[Note]:
         """Notes with start <= index < end that are held when this is called, in arrival
-        order. The origins' logs are read `chunk` notes at a time between them, so memory
-        stays flat however long the history. It costs a binary search for
-        each origin that has notes both before and inside the range: O(log n) for the few
-        members of a group, more for a store with thousands of origins all active at once."""
+        order, each checked against its hash link (a damaged one is left out). The origins'
+        logs are read `chunk` notes at a time between them, so memory stays flat however long
+        the history. It costs a binary search for each origin that has notes both before and
+        inside the range: O(log n) for the few members of a group, more for a store with
+        thousands of origins all active at once."""
         stop = self.next_index if end is None else min(end, self.next_index)
         live = [
             no for no, s in self._spans.items() if s.last_index >= start and s.first_index < stop
@@ -537,131 +722,263 @@ class Store:
 
     def _first_at(self, no: int, index: int) -> int:
         """The first seqno of origin `no` whose note has an arrival index >= `index`: a binary
-        search on the primary key, as the index grows with the seqno within an origin. An
-        origin's notes are held from seqno 0 without a gap and no two share an index, so the
-        answer is at least `index` minus the tail's distance: a reader near the end searches
-        a window as wide as how far back it reads, whatever the history."""
+        search on the key, as the index grows with the seqno within an origin. An origin's
+        notes are held from seqno 0 without a gap and no two share an index, so the answer is
+        at least `index` minus the tail's distance: a reader near the end searches a window
+        as wide as how far back it reads, whatever the history."""
         span = self._spans[no]
         if span.first_index >= index:
             return 0
+        base = no << _SEQ_BITS
         lo, hi = max(0, span.last - (span.last_index - index)), span.last
         while lo < hi:
             mid = (lo + hi) // 2
-            if self._db.execute(
-                "SELECT idx FROM notes WHERE origin = ? AND seqno = ?", (no, mid)
-            ).fetchone()[0] >= index:
+            row = self._fetchone(
+                "SELECT idx FROM log WHERE k >= ? ORDER BY k LIMIT 1", (base + mid,)
+            )
+            if row is None or type(row[0]) is not int or row[0] >= index:
                 hi = mid
             else:
                 lo = mid + 1
         return lo
 
     def _run(self, no: int, seqno: int, stop: int, chunk: int) -> Iterator[Note]:
-        """Origin `no`'s notes from `seqno` on whose index is below `stop`."""
+        """Origin `no`'s intact notes from `seqno` on whose index is below `stop`."""
         origin = self._origins[no]
+        base = no << _SEQ_BITS
+        end = base | _MAX_SEQ
+        prev: object = GENESIS
+        if seqno > 0:
+            row = self._fetchone("SELECT id FROM log WHERE k = ?", (base + seqno - 1,))
+            prev = None if row is None else row[0]
+        expect = seqno
         while True:
-            rows = self._db.execute(
-                "SELECT seqno, body, id, idx FROM notes WHERE origin = ? AND seqno >= ?"
-                " ORDER BY seqno LIMIT ?",
-                (no, seqno, chunk),
-            ).fetchall()
-            if rows and no in self._again:
-                yield from self._run_again(origin, no, rows, stop)
-                if rows[-1][3] >= stop:
-                    return
-            else:
-                for seq, body, note_id, idx in rows:
+            rows = self._fetch(
+                "SELECT k, body, id, idx FROM log WHERE k >= ? AND k <= ? ORDER BY k LIMIT ?",
+                (base + seqno, end, chunk),
+            )
+            again = self._again_in(no, rows[0][0] - base, rows[-1][0] - base) if (
+                rows and no in self._again) else {}
+            for k, body, nid, idx in rows:
+                seq = k - base
+                if seq != expect:
+                    # A damaged key: the note that belongs here is missing or moved. (A
+                    # damaged B-tree can even hand back rows outside the range asked.)
+                    self._damage(origin, expect)
+                    if not expect < seq <= _MAX_SEQ:
+                        continue
+                    expect = seq
+                if (
+                    type(idx) is int and _is_id(prev) and _is_id(nid)
+                    and isinstance(body, str | bytes)
+                    and note_id(origin, seq, prev, body) == nid  # type: ignore[arg-type]
+                ):
                     if idx >= stop:
                         return
-                    yield Note(origin, seq, body, note_id, idx)
+                    extra = again.get(seq) if again else None
+                    if extra is None:
+                        yield Note(origin, seq, body, nid, idx)
+                    elif not extra[0]:  # a body published again: shown unless seen here
+                        # the body shown is the last item of the (checked) body carrying it
+                        if isinstance(body, bytes) and _ends_with_item(body, extra[1]):
+                            yield Note(origin, seq, extra[1], nid, idx)
+                        else:
+                            self._damage(origin, seq)
+                else:
+                    self._damage(origin, seq)
+                prev, expect = nid, seq + 1
             if len(rows) < chunk:
                 return
-            seqno = rows[-1][0] + 1
+            seqno = rows[-1][0] - base + 1
             # indices grow within an origin: no more than this many of its notes are left
             # below `stop` (reading a full chunk past the range doubled a short read's cost)
-            chunk = min(chunk, stop - rows[-1][3] - 1)
-            if chunk <= 0:
-                return
+            if type(rows[-1][3]) is int:
+                chunk = min(chunk, stop - rows[-1][3] - 1)
+                if chunk <= 0:
+                    return
 
-    def _run_again(
-        self, origin: bytes, no: int, rows: list[Any], stop: int
-    ) -> Iterator[Note]:
-        """`rows` of a chain that holds bodies published again: those show the body they
-        carry, or nothing where that body was shown here already."""
-        again = {
-            seq: (hidden, shown) for seq, hidden, shown in self._db.execute(
+    def _again_in(self, no: int, lo: int, hi: int) -> dict[int, tuple[bool, Body]]:
+        """seqno -> (hidden, body shown) of chain notes lo..hi of origin `no` that carry a
+        body published again (see log.py)."""
+        return {
+            seq: (bool(hidden), shown) for seq, hidden, shown in self._fetch(
                 "SELECT seqno, hidden, shown FROM again WHERE origin = ? AND seqno >= ?"
-                " AND seqno <= ?", (no, rows[0][0], rows[-1][0]))
+                " AND seqno <= ?", (no, lo, hi))
         }
-        for seq, body, note_id, idx in rows:
-            if idx >= stop:
-                return
-            extra = again.get(seq)
-            if extra is None:
-                yield Note(origin, seq, body, note_id, idx)
-            elif not extra[0]:
-                yield Note(origin, seq, extra[1], note_id, idx)
 
     def _dropped_run(self, start: int, stop: int, chunk: int) -> Iterator[Note]:
         """Notes shown here before they left their chain, by index."""
         while True:
-            rows = self._db.execute(
+            rows = self._fetch(
                 "SELECT d.idx, o.origin, d.seqno, d.shown, d.id FROM dropped d"
                 " JOIN origins o ON o.no = d.origin"
                 " WHERE d.idx >= ? AND d.idx < ? ORDER BY d.idx LIMIT ?",
                 (start, stop, chunk),
-            ).fetchall()
-            for idx, origin, seq, shown, note_id in rows:
-                yield Note(origin, seq, shown, note_id, idx)
+            )
+            for idx, origin, seq, shown, nid in rows:
+                yield Note(origin, seq, shown, nid, idx)
             if len(rows) < chunk:
                 return
             start = rows[-1][0] + 1
 
+    def _fetch(self, sql: str, args: tuple[object, ...]) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            if "decode" not in str(e):
+                raise _error(e, f"cannot read store {self.path or '(memory)'}") from None
+        except sqlite3.Error as e:
+            raise _error(e, f"cannot read store {self.path or '(memory)'}") from None
+        # A text body whose bytes changed may no longer be UTF-8: read it as a value that
+        # fails every check instead of failing the whole read.
+        self._db.text_factory = _lenient_text
+        try:
+            with self._errors("cannot read store"):
+                return self._db.execute(sql, args).fetchall()
+        finally:
+            self._db.text_factory = str
+
+    def _fetchone(self, sql: str, args: tuple[object, ...]) -> Any:
+        rows = self._fetch(sql, args)
+        return rows[0] if rows else None
+
+    def mark_damaged(self, origin: bytes, seqno: int) -> None:
+        """Record that note `seqno` of `origin` is damaged here (a check above the store,
+        such as a stored signature that fails, found it)."""
+        self._damage(origin, seqno)
+
+    def _damage(self, origin: bytes, seqno: int) -> None:
+        if not 0 <= seqno <= _MAX_SEQ:
+            return
+        bad = self.damaged.setdefault(origin, set())
+        if seqno in bad or len(bad) >= MAX_DAMAGED:
+            return
+        bad.add(seqno)
+        if self.on_damage is not None:
+            self.on_damage(origin, seqno)
+
+    def check(self, step: int = 10_000) -> Iterator[CheckProgress]:
+        """Verify the whole store: SQLite's integrity_check, every note's hash link, and one
+        signature per signed run (a stored signature vouches for the chain behind it; our
+        own notes carry none: we sign when serving). Yields progress every `step` notes and
+        once at the end; damage found is recorded as reads record it."""
+        with self._errors("cannot check store"):
+            problems = [str(r[0]) for r in self._db.execute("PRAGMA integrity_check(20)")]
+        integrity = [] if problems == ["ok"] else problems
+        total = sum(s.last + 1 for s in self._spans.values())
+        checked = 0
+        for no, span in list(self._spans.items()):
+            origin = self._origins[no]
+            pos = 0
+            while pos <= span.last:
+                end = min(pos + step, span.last + 1)
+                rows = self.read(origin, pos, end)
+                for i, (nid, sig, _) in enumerate(rows):
+                    if sig is not None and not verify(origin, sig, nid):
+                        self._damage(origin, pos + i)
+                checked += end - pos
+                if len(rows) < end - pos:
+                    # read stops at damage: go on after it
+                    bad = pos + len(rows)
+                    self._damage(origin, bad)
+                    end = bad + 1
+                pos = end
+                yield CheckProgress(checked, total, self._damage_report(), integrity)
+        yield CheckProgress(checked, total, self._damage_report(), integrity)
+
+    def _damage_report(self) -> dict[bytes, list[int]]:
+        return {o: sorted(s) for o, s in self.damaged.items()}
+
     # -- app notes -----------------------------------------------------------------------
     def _open_app_index(self) -> None:
         self._db.create_function("zflood_app", 1, app_of, deterministic=True)
-        if self.get_meta("app_index") is not None:
-            return
-        # The first open since the index came: built once, from what the store holds, in
-        # the same transaction as the table and its triggers.
+        # The first open since the index came builds it once, from what the store holds, in
+        # the same transaction as the table and its triggers (made again if a migration of
+        # the log's layout dropped them).
+        backfill = "" if self.get_meta("app_index") is not None else _APP_BACKFILL
         try:
             self._db.executescript(
-                f"BEGIN; {_APP_SCHEMA} {_APP_BACKFILL}"
+                f"BEGIN; {_APP_SCHEMA} {backfill}"
                 " INSERT OR REPLACE INTO meta VALUES ('app_index', 1); COMMIT;"
             )
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            _rollback(self._db)
             raise
 
     def app_notes(self, app: str, start: int = 0, end: int | None = None,
                   limit: int = 1000) -> tuple[list[Note], int]:
         """`app`'s held notes with start <= index < end, at most `limit`, in arrival order,
-        and the index below which every note of `app` has been returned."""
+        and the index below which every note of `app` has been returned. Each is checked
+        against its hash link, as replay checks it."""
         stop = self.next_index if end is None else min(end, self.next_index)
         if start >= stop:
             return [], start
         forked = bool(self._again) or self._dropped_shown
-        rows = self._db.execute(_APP_READ_FORKED if forked else _APP_READ,
-                                (app, start, stop, limit)).fetchall()
-        notes = [Note(self._origins[no], seq, body, note_id, idx)
-                 for idx, no, seq, body, note_id in rows if body is not None]
+        rows = self._fetch(_APP_READ_FORKED if forked else _APP_READ, (app, start, stop, limit))
+        notes: list[Note] = []
+        for idx, no, seq, n_idx, body, nid, pid, hidden, shown, d_shown, d_id in rows:
+            origin = self._origins.get(no)
+            if origin is None or type(seq) is not int:
+                continue
+            if n_idx == idx:  # on the chain
+                prev = GENESIS if seq == 0 else pid
+                if not (
+                    _is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
+                    and note_id(origin, seq, prev, body) == nid
+                ):
+                    self._damage(origin, seq)
+                    continue
+                if hidden is not None:  # it carries a body published again
+                    if hidden:
+                        continue
+                    if not (isinstance(body, bytes) and _ends_with_item(body, shown)):
+                        self._damage(origin, seq)
+                        continue
+                    body = shown
+                notes.append(Note(origin, seq, body, nid, idx))
+            elif d_id is not None:  # shown here before it left its chain
+                notes.append(Note(origin, seq, d_shown, d_id, idx))
         return notes, stop if len(rows) < limit else rows[-1][0] + 1
 
     def app_before(self, app: str, index: int) -> int:
         """The index of `app`'s last held note below `index`, or -1."""
-        row = self._db.execute(
+        row = self._fetchone(
             "SELECT max(idx) FROM app_notes WHERE app = ? AND idx < ?", (app, index)
-        ).fetchone()
-        return -1 if row[0] is None else int(row[0])
+        )
+        return -1 if row is None or type(row[0]) is not int else int(row[0])
 
     def forks(self) -> list[Fork]:
-        return [
-            Fork(*row)
-            for row in self._db.execute(
-                "SELECT origin, seqno, ours, theirs, evidence FROM forks ORDER BY origin, seqno")
-        ]
+        with self._errors("cannot read store"):
+            return [
+                Fork(*row)
+                for row in self._db.execute(
+                    "SELECT origin, seqno, ours, theirs, evidence FROM forks ORDER BY origin, seqno"
+                )
+            ]
+
+    def wal_size(self) -> int:
+        """Bytes in the WAL file now (0 for a store in memory)."""
+        if self.path is None:
+            return 0
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def has_room(self, need: int) -> bool:
+        """Whether the disk holding the store has `need` bytes free (True if unknown)."""
+        if self.path is None:
+            return True
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= need
 
     def close(self) -> None:
+        """Merge the WAL into the database (a clean stop leaves one file) and close."""
+        with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL stays, as safe
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
 
@@ -674,8 +991,46 @@ class _Span(NamedTuple):
     last_index: int
 
 
+class _BadText:
+    """A text value that is not UTF-8 any more: no check accepts it."""
+
+
+def _lenient_text(raw: bytes) -> object:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return _BadText()
+
+
+def _ends_with_item(body: bytes, inner: object) -> bool:
+    try:
+        return isinstance(inner, str | bytes) and body.endswith(cbor2.dumps(inner))
+    except Exception:
+        return False
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (a full disk at COMMIT)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == ID_SIZE
+
+
 def _index(note: Note) -> int:
     return note.index
+
+
+def _error(e: sqlite3.Error, doing: str) -> StoreError:
+    """One line for what went wrong with our own store."""
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL or getattr(e, "errno", None) == errno.ENOSPC:
+        return StoreFull(f"{doing}: the disk is full (free some space; zflood resumes by itself)")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(e):
+        return StoreDamaged(f"{doing}: the store is damaged ({e}); run zflood check")
+    return StoreError(f"{doing}: {e}")
 
 
 def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
@@ -713,3 +1068,4 @@ def in_use(path: str | os.PathLike[str]) -> bool:
     except sqlite3.Error as e:
         return _busy(e)
     return False
+

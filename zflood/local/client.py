@@ -71,6 +71,11 @@ class Client:
         """Undo `cut(node)`: the daemon links with `node` again when it can."""
         self._request({"op": "link", "node": node_id(node), "up": True})
 
+    def check(self, restart: bool = False) -> Map:
+        """One step of the daemon's store check (from the start if `restart`): "checked",
+        "total", "damaged" (origin hex -> seqnos), "integrity", "done"."""
+        return self._request({"op": "check", "restart": restart})
+
     def read(self, start: int = 0, limit: int | None = None, *,
              app: str | None = None) -> tuple[list[Map], int]:
         """Held notes from local index `start`, at most `limit` (of `app` alone, if given):

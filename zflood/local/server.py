@@ -14,7 +14,8 @@ is handled inside one `node.batch()`, so a burst of publishes costs one signatur
 per peer. ZMQ_MAXMSGSIZE drops a request larger than a frame before it is parsed (ZeroMQ then
 cuts that connection; `Client` refuses to send one); anything else that is wrong gets
 {"ok": false, "error": "..."}. The "link" op {node, up} cuts (up false) or heals the daemon's
-link to one peer, which then gets notes only through other members.
+link to one peer, which then gets notes only through other members. The "check" op {restart}
+runs one bounded step of verifying the store (damage found is fetched again from peers).
 
 What waits for a client is bounded in bytes, not only in messages. A reply of
 `local_track_from` bytes or more is handed to ZeroMQ without a copy and tracked until ZeroMQ
@@ -128,6 +129,7 @@ class LocalAPI:
         control: list[str],
         status: Callable[[], dict[str, Any]],
         link: Callable[[bytes, bool], None] | None = None,
+        check: Callable[[bool], dict[str, Any]] | None = None,
     ) -> None:
         for endpoint in [*pub, *control]:
             _check_endpoint(endpoint)
@@ -137,6 +139,7 @@ class LocalAPI:
         self._want_control = list(control)
         self._status = status
         self._link = link
+        self._check = check
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_sync: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
@@ -376,7 +379,12 @@ class LocalAPI:
                 raise LocalError("link takes a 32-byte \"node\" and \"up\": true or false")
             self._link(node, up)
             return {"ok": True}
-        raise LocalError(f"unknown op {op!r}: expected publish, status, read or link")
+        if op == "check" and self._check is not None:
+            restart = req.get("restart", False)
+            if not isinstance(restart, bool):
+                raise LocalError("check takes \"restart\": true or false")
+            return {"ok": True, **self._check(restart)}
+        raise LocalError(f"unknown op {op!r}: expected publish, status, read, link or check")
 
 
 def _check_endpoint(endpoint: str) -> None:
