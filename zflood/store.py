@@ -895,7 +895,13 @@ class Store:
         # The first open since the index came builds it once, from what the store holds, in
         # the same transaction as the table and its triggers (made again if a migration of
         # the log's layout dropped them).
-        backfill = "" if self.get_meta("app_index") is not None else _APP_BACKFILL
+        built = self.get_meta("app_index") is not None
+        if built and self._fetchone(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'app_notes_dropped'",
+            (),
+        ) is not None:
+            return  # nothing to write: a store on a full disk opens too
+        backfill = "" if built else _APP_BACKFILL
         try:
             self._db.executescript(
                 f"BEGIN; {_APP_SCHEMA} {backfill}"

@@ -97,7 +97,7 @@ def error_line(message: str) -> str:
 def join_from_credentials(state: Path) -> None:
     """Under systemd, `LoadCredential=join:/etc/zflood/INSTANCE.join` hands over the code;
     an empty credential means "no code" (the unit's fallback when the file is missing)."""
-    from .statedir import load_group, save_group
+    from .statedir import load_group, open_node, save_group
 
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if not creds:
@@ -124,6 +124,9 @@ def join_from_credentials(state: Path) -> None:
             f"bad join code in the credential (/etc/zflood/{state.name}.join): {e}"
         ) from None
     if current is None:
+        # as `zflood join` does: the store (a new identity) first, then group.key, so that a
+        # group.key beside no store always means a store that was lost
+        open_node(state, group, create=True).close()
         save_group(state, group)
         log.info("joined group %s with the code from the systemd credential", group.id.hex())
     elif current != group:
