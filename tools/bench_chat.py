@@ -63,7 +63,7 @@ def latency(root: Path, samples: int) -> None:
     group = Group.new()
     for name in ("a", "b"):
         save_group(root / name, group)
-        open_node(root / name, group).close()
+        open_node(root / name, group, create=True).close()
     a = Daemon(root / "a")
     b = Daemon(root / "b", a.listen)
     try:
@@ -124,7 +124,7 @@ def long_chat(root: Path, lines: int) -> None:
     state = root / "long"
     group = Group.new()
     save_group(state, group)
-    node = open_node(state, group)
+    node = open_node(state, group, create=True)
     t0 = time.perf_counter()
     for base in range(0, lines, 10_000):
         with node.batch():

@@ -41,7 +41,7 @@ def prepare(state: Path, n: int) -> int:
     """A store of `n` notes, one in CHAT_EVERY a chat note; returns how many those are."""
     group = Group.new()
     save_group(state, group)
-    node = open_node(state, group)
+    node = open_node(state, group, create=True)
     chats = 0
     for i in range(0, n, 10_000):
         bodies: list[str | bytes] = [BODY] * min(10_000, n - i)

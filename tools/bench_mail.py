@@ -84,7 +84,7 @@ def main() -> None:
         state = Path(tmp) / "box"
         group = Group.new()
         save_group(state, group)
-        open_node(state, group).close()
+        open_node(state, group, create=True).close()
         daemon = subprocess.Popen(
             [sys.executable, "-m", "zflood", "--state", str(state), "run", "--listen",
              "tcp://127.0.0.1:0", "--no-discovery"],
