@@ -338,6 +338,8 @@ class Store:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: Any) -> None:
+        if self.get_meta(key) == value:
+            return  # opening a store to read it writes nothing (and closes at once)
         with self._errors("cannot write store"):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
@@ -983,8 +985,9 @@ class Store:
 
     def close(self) -> None:
         """Merge the WAL into the database (a clean stop leaves one file) and close."""
-        with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL stays, as safe
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.wal_size():
+            with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL stays, as safe
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
 
