@@ -544,7 +544,7 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     else:
         print("daemon  stopped")
     members = status.get("members", [])
-    print(f"notes   {status['notes']} from {len(status['heads'])} origins "
+    print(f"notes   {status['notes']} from {status.get('origins', len(status['heads']))} origins "
           f"({len(members)} members: zflood members); {len(status['forks'])} forks")
     names = {m["origin"]: m["name"] for m in members if m.get("name")}
     for fork in status["forks"]:
