@@ -336,3 +336,35 @@ def test_a_peer_claiming_notes_of_ours_it_never_sends_does_not_stop_healing() ->
     assert restored.heads[restored.id] == 3  # zero, one live, one restored published again
     assert me.seen == {"zero": 1, f"one, restored {i}": 1, "one, live": 1}
     assert other.seen == {"zero": 1, "one, live": 1, f"one, restored {i}": 1}
+
+
+def test_a_lost_wal_then_an_offline_publish_heals(tmp: Path) -> None:
+    """The notes still in the WAL are lost (node.db copied without its -wal while the node
+    runs, as a machine that lost the file would reopen it), then the node publishes offline:
+    the same fork as a restored backup, healed the same way."""
+    rng = random.Random(11)
+    path = tmp / "n.db"
+    node = keyed(rng, path)
+    node.publish("checkpointed")
+    node.close()  # closing merges the WAL into node.db
+    node = Node(path=str(path))
+    peer = Member(keyed(rng))
+    sim = Sim(11)
+    end = sim.connect_nodes(node, peer.node)
+    node.publish("only in the WAL")
+    sim.run_until_quiescent()
+    shutil.copy(path, tmp / "lost.db")  # node.db alone: what the WAL held is gone
+    end.close()
+    node.close()
+    again_node = Node(path=str(tmp / "lost.db"))
+    assert again_node.heads[again_node.id] == 1  # it lost its second note
+    me = Member(again_node)
+    again_node.publish("offline, after the loss")
+    sim.connect_nodes(again_node, peer.node)
+    sim.run_until_quiescent()
+    assert chains(again_node) == chains(peer.node)
+    bodies = {"checkpointed", "only in the WAL", "offline, after the loss"}
+    assert dict(peer.seen) == dict.fromkeys(bodies, 1)
+    assert dict(me.seen) == dict.fromkeys(bodies, 1)
+    [fork] = again_node.forks
+    assert fork.seqno == 1
