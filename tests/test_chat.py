@@ -116,11 +116,12 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
         da = daemons(a)
         db = daemons(b, da.listen)
         wait_for(lambda: da.linked() and db.linked(), WAIT, "a link")
+        run_cli(b, "name", "Bea")
         run_cli(b, "chat", "send", "before a opened the chat")
         wait_for(lambda: log(a), WAIT, "history at a")
         term = Terminal("a", [*ZFLOOD, "--state", str(a), "chat"], env)
         try:
-            wait_for(lambda: "before a opened the chat" in term.screen(), WAIT,
+            wait_for(lambda: "before a opened the chat" in term.screen(), 3 * WAIT,
                      "the history on a's screen", term.screen)
             wait_for(lambda: "Enter sends" in term.screen(), WAIT, "a's status line",
                      term.screen)
@@ -130,17 +131,16 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
             run_cli(b, "chat", "send", "hello back")
             wait_for(lambda: "hello back" in term.screen(), WAIT, "b's line on a's screen",
                      term.screen)
-            assert db.node[:8] in next(ln for ln in term.screen().splitlines()
-                                   if "hello back" in ln)
+            assert "Bea: hello back" in term.screen()  # the sender's name, from its name note
             # a's daemon goes away: the chat says so and keeps what is typed meanwhile
             da.stop()
-            wait_for(lambda: "unreachable" in term.screen(), WAIT, "the unreachable line",
+            wait_for(lambda: "unreachable" in term.screen(), 3 * WAIT, "the unreachable line",
                      term.screen)
             term.type("typed while away")
-            wait_for(lambda: "1 line(s) kept" in term.screen(), WAIT, "the kept line",
+            wait_for(lambda: "1 line(s) kept" in term.screen(), 3 * WAIT, "the kept line",
                      term.screen)
             da2 = daemons(a, db.listen)
-            wait_for(lambda: any(m["text"] == "typed while away" for m in log(b)), 2 * WAIT,
+            wait_for(lambda: any(m["text"] == "typed while away" for m in log(b)), 3 * WAIT,
                      "the kept line at b once a is back", term.screen)
             wait_for(lambda: "typed while away" in term.screen(), WAIT,
                      "the kept line on a's own screen", term.screen)
@@ -159,7 +159,7 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
                 later = [i for i, ln in enumerate(lines) if "while a was not looking" in ln]
                 return bool(marks and later and marks[0] < later[0])
 
-            wait_for(marked, WAIT, "the unread marker before the new line", term.screen)
+            wait_for(marked, 3 * WAIT, "the unread marker before the new line", term.screen)
             seen = [i for i, ln in enumerate(term.screen().splitlines())
                     if "typed while away" in ln]
             marks = [i for i, ln in enumerate(term.screen().splitlines()) if "unread" in ln]

@@ -232,7 +232,7 @@ def cmd_init(state: Path, args: argparse.Namespace) -> int:
     group = Group.new()
     node = _enter(state, group, args.name)
     print(f"node {node.hex()} started group {group.id.hex()} in {state}")
-    print("join the other machines with: zflood join CODE, where CODE is:")
+    print("on each other machine run `zflood join` and paste this code (keep it secret):")
     print(group.join_code)
     return 0
 
