@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from . import __version__, wire
+from . import __version__
 from .errors import BadJoinCode, ConfigurationError, LocalError, ZfloodError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: a quick --help
+    from . import wire
     from .identity import Group
     from .local import Client
     from .members import Members
@@ -742,6 +743,8 @@ def _ranges(seqnos: list[int], most: int = 10) -> str:
 
 
 def cmd_export(state: Path, args: argparse.Namespace) -> int:
+    from . import wire
+
     node, _ = _offline_node(state)
     count = 0
     try:
@@ -763,6 +766,8 @@ def cmd_export(state: Path, args: argparse.Namespace) -> int:
 def _read_export(path: Path, group: bytes) -> Iterator[wire.Notes]:
     """The batches of an export, checked as far as the file can be: damage shows as a
     LocalError, at the latest when the end mark is missing or its count is wrong."""
+    from . import wire
+
     count = 0
     follows: dict[bytes, int] = {}  # origin -> where its next batch must start
     with open(path, "rb") as f:

@@ -4,9 +4,13 @@
 daemon's side (`LocalAPI`), `client` the Python client (`Client`). Apps import from here.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .client import Client, DaemonUnavailable
 from .protocol import TOPIC, Map, ipc_endpoints, note_map, topic
-from .server import LocalAPI
+
+if TYPE_CHECKING:
+    from .server import LocalAPI
 
 __all__ = [
     "TOPIC",
@@ -18,3 +22,12 @@ __all__ = [
     "note_map",
     "topic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The server pulls in the engine; a client (every app, most commands) needs none of it.
+    if name == "LocalAPI":
+        from .server import LocalAPI
+
+        return LocalAPI
+    raise AttributeError(f"module 'zflood.local' has no attribute {name!r}")
