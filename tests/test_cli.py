@@ -632,6 +632,17 @@ def test_publish_of_non_utf8_stdin_without_binary_is_one_line_and_publishes_noth
     assert held(state) == []
 
 
+def test_an_argument_that_is_not_utf8_is_one_line_and_publishes_nothing(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    for args in ([b"publish", b"caf\xe9"], [b"name", b"caf\xe9"]):
+        p = subprocess.run([*map(os.fsencode, ZFLOOD), b"--state", os.fsencode(state), *args],
+                           capture_output=True, timeout=QUICK, env=ENV)
+        r = Result(p.returncode, p.stdout.decode(), p.stderr.decode(errors="replace"), p.stdout)
+        assert "not UTF-8" in assert_one_line_error(r, 2)
+    assert held(state) == []
+
+
 def test_publish_of_an_oversized_note_is_one_line(tmp: Path) -> None:
     state = tmp / "a"
     member(state)

@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(f"zflood: {message}"), file=sys.stderr)
         return status
 
+    for value in (sys.argv[1:] if argv is None else argv):
+        # bytes that are not UTF-8 reach Python as lone surrogates, which nothing can store
+        if any("\udc80" <= ch <= "\udcff" for ch in value):
+            raw = value.encode("utf-8", "surrogateescape")
+            return fail(f"an argument is not UTF-8 text: {raw!r}"
+                        " (to publish bytes: zflood publish --binary - < FILE)", usage)
     try:
         state = _state_dir(args)
         return int(COMMANDS[args.command](state, args))

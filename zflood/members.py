@@ -58,7 +58,7 @@ def check_name(name: str) -> str:
         raise LocalError("a member name cannot be empty")
     if len(name) > MAX_NAME:
         raise LocalError(f"a member name is at most {MAX_NAME} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
         raise LocalError("a member name cannot hold control or format characters")
     return name
 
