@@ -515,12 +515,12 @@ def escape(text: str) -> str:
 
 def _status(state: Path) -> dict[str, Any]:
     """What `status` reports: from the daemon if one runs, else from the store."""
-    from .status import node_status
-
     ends = _running(state)
     if ends:
         with _client(state, ends) as client:
             return dict(client.status(), running=True)
+    from .status import node_status  # the engine: only needed with the daemon stopped
+
     node, _ = _offline_node(state)
     try:
         return {**node_status(node, _members(node)), "running": False, "listen": None,
