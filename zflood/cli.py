@@ -132,11 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="three real daemons on this machine, told as it happens")
     d.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
 
+    from .apps.bookmarks.cli import add_parser as add_bookmarks
     from .apps.chat.cli import add_parser as add_chat
     from .apps.mail.cli import add_parser as add_mail
 
     add_chat(sub)
     add_mail(sub)
+    add_bookmarks(sub)
     for name in ("tail", "status", "invite", "members", "name"):
         # what `zflood --help` says of each, also atop its own --help
         sub.choices[name].description = next(
@@ -842,6 +844,12 @@ def cmd_mail(state: Path, args: argparse.Namespace) -> int:
     return mail(state, args)
 
 
+def cmd_bookmarks(state: Path, args: argparse.Namespace) -> int:
+    from .apps.bookmarks.cli import main as bookmarks
+
+    return bookmarks(state, args)
+
+
 COMMANDS = {
     "init": cmd_init,
     "join": cmd_join,
@@ -855,6 +863,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "chat": cmd_chat,
     "mail": cmd_mail,
+    "bookmarks": cmd_bookmarks,
     "invite": cmd_invite,
     "members": cmd_members,
     "name": cmd_name,
