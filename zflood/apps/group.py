@@ -88,7 +88,9 @@ class Offline:
 
         from ..members import Members
 
-        return Members.load(self.node, time.time()).names()
+        members = Members.load(self.node, time.time())
+        members.save(self.node)  # what it caught up on is not read again next time
+        return members.names()
 
     def close(self) -> None:
         self.node.close()
