@@ -9,13 +9,25 @@
 # thrown away at exit). $ZFLOOD_CONTAINER/../wheels holds wheels of zflood's dependencies
 # (and of the build backend), so the test installs the checkout into /opt/zflood inside the
 # container with `pip install --no-index`: no network while tests run. Needs debootstrap and
-# systemd-container (apt-get install debootstrap systemd-container) and Debian's mirror.
+# systemd-container (apt-get install debootstrap systemd-container) and a Debian mirror (the one
+# this machine's apt uses, or $DEBIAN_MIRROR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tree=${ZFLOOD_CONTAINER:-/var/cache/zflood-container/bookworm}
 wheels=$(dirname "$tree")/wheels
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The mirror this machine's own apt uses (deb822 sources, else sources.list), unless given.
+host_mirror() {
+    local uri
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    echo "$uri"
+}
+mirror=${DEBIAN_MIRROR:-$(host_mirror)}
+if [ -z "$mirror" ]; then
+    echo "tools/container.sh: no Debian mirror in this machine's apt sources: set DEBIAN_MIRROR" >&2
+    exit 1
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "tools/container.sh: must run as root (debootstrap, systemd-nspawn)" >&2
