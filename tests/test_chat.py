@@ -134,10 +134,10 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
             assert "Bea: hello back" in term.screen()  # the sender's name, from its name note
             # a's daemon goes away: the chat says so and keeps what is typed meanwhile
             da.stop()
-            wait_for(lambda: "unreachable" in term.screen(), 3 * WAIT, "the unreachable line",
+            wait_for(lambda: "daemon not running" in term.screen(), 3 * WAIT, "the status line",
                      term.screen)
             term.type("typed while away")
-            wait_for(lambda: "1 line(s) kept" in term.screen(), 3 * WAIT, "the kept line",
+            wait_for(lambda: "1 line(s) waiting" in term.screen(), 3 * WAIT, "the kept line",
                      term.screen)
             da2 = daemons(a, db.listen)
             wait_for(lambda: any(m["text"] == "typed while away" for m in log(b)), 3 * WAIT,
@@ -166,3 +166,24 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
             assert seen and seen[0] < marks[0]
         finally:
             term.close()
+
+
+def test_with_the_daemon_stopped_the_chat_shows_the_history_and_stores_what_is_typed(
+    tmp: Path,
+) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux)")
+    a = tmp / "a"
+    member(a)
+    run_cli(a, "chat", "send", "said earlier")
+    term = Terminal("off", [*ZFLOOD, "--state", str(a), "chat"],
+                    {**ENV, "XDG_STATE_HOME": str(tmp / "xdg")})
+    try:
+        wait_for(lambda: "said earlier" in term.screen() and "not running" in term.screen(),
+                 3 * WAIT, "the history read from the store", term.screen)
+        term.type("typed offline")
+        wait_for(lambda: "1 line(s) waiting" in term.screen(), 3 * WAIT, "the waiting line",
+                 term.screen)
+    finally:
+        term.close()
+    assert [m["text"] for m in log(a)] == ["said earlier", "typed offline"]

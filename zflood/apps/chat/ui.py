@@ -63,7 +63,7 @@ class Chat:
         self.state = state
         self.room = room
         self.lines: deque[str] = deque(maxlen=KEEP)
-        self.status = "connecting to the zflood daemon..."
+        self.conn = "connecting to the zflood daemon..."
         self.names: dict[str, str] = {}
         self.next_index = 0
         self.unread_from = load_read(state, room)
@@ -85,8 +85,15 @@ class Chat:
 
     def set_status(self, text: str) -> None:
         with self.lock:
-            self.status = text
+            self.conn = text
         self.changed()
+
+    @property
+    def status(self) -> str:
+        """The status line: the daemon's state, and what typed lines still wait."""
+        with self.lock:
+            waiting = len(self.waiting) + self.outbox.qsize()
+            return self.conn + (f" · {waiting} line(s) waiting" if waiting else "")
 
     def text(self) -> str:
         with self.lock:
@@ -105,14 +112,18 @@ def _connect(state: Path) -> Any:
 
 
 def reader(chat: Chat) -> None:
-    """Follow the daemon's notes; show the room's lines. Reconnects while it is away."""
+    """Follow the daemon's notes; show the room's lines. Reconnects while it is away; with
+    the daemon stopped the history comes from the store (opened just long enough to read)."""
     first = True
     while not chat.stop.is_set():
         try:
             group = _connect(chat.state)
         except ZfloodError as e:
-            chat.set_status(f"daemon unreachable ({e}): lines you type are kept and sent "
-                            "when it is back")
+            if first:
+                first = not _history_offline(chat)
+            stopped = "not running" in str(e)
+            chat.set_status("daemon not running: what you type is kept (stored when you quit)"
+                            if stopped else f"daemon unreachable ({e})")
             chat.stop.wait(RETRY)
             continue
         try:
@@ -122,6 +133,7 @@ def reader(chat: Chat) -> None:
                     chat.show(old)
                 chat.next_index = max(chat.next_index, group.count())
                 first = False
+                chat.changed()
             chat.set_status(f"room {chat.room} · {len(chat.names)} named members · "
                             "Enter sends, Ctrl-D quits")
             for n in group.client.follow(chat.next_index, app=APP, timeout=RETRY):
@@ -135,11 +147,29 @@ def reader(chat: Chat) -> None:
                 if chat.stop.is_set():
                     break
         except ZfloodError as e:
-            chat.set_status(f"daemon unreachable ({e}): lines you type are kept and sent "
-                            "when it is back")
+            chat.set_status(f"daemon unreachable ({e})")
             chat.stop.wait(RETRY)
         finally:
             group.close()
+
+
+def _history_offline(chat: Chat) -> bool:
+    """The room's last lines from the store itself; False if it cannot be read now."""
+    from ..group import Offline
+
+    try:
+        group = Offline(chat.state)
+    except (ZfloodError, OSError):
+        return False
+    try:
+        chat.names = group.names()
+        for old in history.last(group, chat.room, HISTORY):
+            chat.show(old)
+        chat.next_index = max(chat.next_index, group.count())
+    finally:
+        group.close()
+    chat.changed()
+    return True
 
 
 def sender(chat: Chat) -> None:
@@ -161,8 +191,7 @@ def sender(chat: Chat) -> None:
             if group is not None:
                 group.close()
                 group = None
-            chat.set_status(f"daemon unreachable: {len(chat.waiting)} line(s) kept, sent when "
-                            "it is back")
+            chat.changed()  # the status line counts what waits
             chat.stop.wait(RETRY)
     if group is not None:
         group.close()
@@ -204,6 +233,7 @@ def run(state: Path, room: str) -> int:
         text = buffer.text
         if text.strip():
             chat.outbox.put(text)
+            chat.changed()
         return False  # clears the input line
 
     entry = TextArea(height=1, prompt=f"[{room}] ", multiline=False, accept_handler=accept)
