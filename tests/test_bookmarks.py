@@ -553,3 +553,41 @@ def test_three_members_edit_offline_then_export_identical_files(tmp: Path) -> No
     # c's edit of the deleted bookmark was concurrent with b's delete: whichever is stamped
     # later decides, identically on all three
     assert ("Gone, edited" in text) == ("Gone, edited before it went" in got)
+
+
+def test_watch_takes_the_browsers_writes_and_keeps_what_it_never_loaded(tmp: Path) -> None:
+    a = tmp / "a"
+    member(a)
+    bm(a, "add", "https://first.example/", "--title", "First", "--folder", "bar")
+    file = tmp / "Bookmarks"
+
+    def names() -> list[str]:
+        try:
+            doc = json.loads(file.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [n["name"] for n in doc["roots"]["bookmark_bar"]["children"]]
+
+    with Daemons() as daemons:
+        daemons(a)
+        watch = subprocess.Popen([*ZFLOOD, "--state", str(a), "bookmarks", "sync", str(file),
+                                  "--watch", "--interval", "0.05"], env=ENV,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: names() == ["First"], WAIT, "the first write of the file")
+            browser = file.read_bytes()  # what a browser started now loads
+            doc = json.loads(browser)
+            doc["roots"]["bookmark_bar"]["children"].append(
+                {"type": "url", "name": "In the browser", "url": "https://browser.example/",
+                 "guid": "11111111-2222-4333-8444-555555555555", "id": "50"})
+            bm(a, "add", "https://remote.example/", "--title", "Remote", "--folder", "bar")
+            wait_for(lambda: names() == ["First", "Remote"], WAIT, "the group's add in the file")
+            file.write_text(json.dumps(doc))  # the browser exits: it never saw "Remote"
+            want = ["First", "In the browser", "Remote"]
+            wait_for(lambda: names() == want, WAIT, "the merge written back")
+            assert [r["title"] for r in rows(a, "bar")][1:] == want
+        finally:
+            watch.terminate()
+            _, err = watch.communicate(timeout=WAIT)
+        assert watch.returncode == 0, err
+        assert "close it" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ from typing import Any
 from ..group import Group, opened
 from ..group import notes as held_notes
 from . import edits, files
-from .model import APP, ROOTS, Item, Op, Registers, Tree, encode_all
+from .model import APP, ROOTS, Item, Op, Registers, Tree, chunks, encode
 
 BROWSER_NOTE = ("A running browser keeps its bookmarks in memory and may overwrite its file "
                 "when it exits: close it before a sync, or keep --watch running, which takes "
@@ -90,16 +90,22 @@ class Session:
         for n in held_notes(group, app=APP):
             self.regs.add_note(n)
             self.last = max(self.last, int(n["index"]))
-        self.tree = self.regs.tree()
+        self._tree: Tree | None = None
+
+    @property
+    def tree(self) -> Tree:
+        if self._tree is None:
+            self._tree = self.regs.tree()
+        return self._tree
 
     def publish(self, ops: list[Op]) -> None:
         if not ops:
             return
-        for body in encode_all(self.regs.clock + 1, ops):
-            note = self.group.publish(body)
-            self.regs.add_note(note)
+        for clock, chunk in chunks(self.regs.clock + 1, ops):
+            note = self.group.publish(encode(clock, chunk))
+            self.regs.add(clock, note["origin"], note["seqno"], chunk)  # no need to decode it
             self.last = max(self.last, int(note["index"]))
-        self.tree = self.regs.tree()
+        self._tree = None
 
 
 def main(state: Path, args: argparse.Namespace) -> int:
@@ -242,7 +248,7 @@ def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bo
             raise files.BadFile(f"{path}: {e}") from None
         snap = sync.load_snapshot(state, path)
         if snap is None:
-            ops = edits.graft(s.tree, now, _now_us())
+            ops = edits.graft(s.tree, now, _now_us(), seen)
         else:
             base, unseen = snap
             ops = sync.diff(s.regs, s.tree, now, base, fmt == "html", _now_us(),
@@ -268,12 +274,14 @@ def _watch(state: Path, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"syncing {args.file} until interrupted. {BROWSER_NOTE}", file=sys.stderr)
     last_file: tuple[int, int] | None = None
-    last_note = -2
+    last_note = -1
+    first = True
     while not stopping:
         sig = _stat(args.file)
         with opened(state) as group:
             newer, _ = group.read(last_note + 1, 1, app=APP)
-            if sig != last_file or newer or last_note < -1:
+            if first or sig != last_file or newer:
+                first = False
                 s = Session(group)
                 n = sync_once(s, state, args.file, args.format, watching=True)
                 if n:

