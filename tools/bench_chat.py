@@ -15,6 +15,7 @@ chat opens with (its last 200 lines) read through the running daemon.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -133,12 +134,19 @@ def long_chat(root: Path, lines: int) -> None:
     node.close()
     print(f"wrote {lines:,} chat lines in {time.perf_counter() - t0:.1f} s")
 
+    peaks: list[int] = []
+
     def chat_log() -> float:
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "zflood", "--state", str(state), "chat",
-                              "log", "-n", "50"], capture_output=True, text=True, check=True)
+        proc = subprocess.Popen([sys.executable, "-m", "zflood", "--state", str(state), "chat",
+                                 "log", "-n", "50"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, from the kernel
+        proc.returncode = os.waitstatus_to_exitcode(status)
         took = time.perf_counter() - t
-        assert out.stdout.count("\n") == 50, out.stdout[-500:]
+        peaks.append(usage.ru_maxrss)
+        assert proc.returncode == 0 and out.count("\n") == 50, out[-500:]
         return took
 
     # The first command after the notes were written straight into the store (not through a
@@ -166,6 +174,7 @@ def long_chat(root: Path, lines: int) -> None:
           f"{min(running):.3f} s; of which starting Python with zflood.cli: {python:.3f} s")
     print(f"  (the first command after {lines:,} lines were written without a daemon caught "
           f"the member table up: {first:.2f} s, once)")
+    print(f"  peak RSS of the command: {min(peaks) / 1024:.1f}-{max(peaks) / 1024:.1f} MiB")
     print(f"the interactive chat's opening history (200 lines) through the daemon: "
           f"{min(opens) * 1e3:.1f} ms")
 
