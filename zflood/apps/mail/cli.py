@@ -19,22 +19,14 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ...errors import ZfloodError
-from ..group import notes as held_notes
-from ..group import opened
-from .message import (
-    APP,
-    EX_CONFIG,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
-    EX_USAGE,
-    MailError,
-    parse_args,
-    submit,
-)
-from .queue import MailState, Message
+
+if TYPE_CHECKING:  # the zflood command builds its parser from here: load the rest on use
+    from .queue import Message
+
+EX_TEMPFAIL, EX_CONFIG = 75, 78  # sysexits.h (message.py has them all)
 
 
 def _state(state: str | None, instance: str | None) -> Path:
@@ -49,6 +41,9 @@ def _state(state: str | None, instance: str | None) -> Path:
 
 def sendmail_main(argv: list[str] | None = None) -> int:
     """The `zflood-sendmail` command."""
+    from ..group import opened
+    from .message import EX_SOFTWARE, MailError, parse_args, submit
+
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
         print(__doc__.split("\n\n")[1].strip().replace("\n", " "))
@@ -107,6 +102,11 @@ def main(state: Path, args: argparse.Namespace) -> int:
 
 
 def _print_queue(state: Path, as_json: bool) -> int:
+    from ..group import notes as held_notes
+    from ..group import opened
+    from .message import APP
+    from .queue import MailState
+
     mail = MailState()
     with opened(state) as group:
         for note in held_notes(group, app=APP):
@@ -206,4 +206,4 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["EX_USAGE", "add_parser", "main", "sendmail_main"]
+__all__ = ["add_parser", "main", "sendmail_main"]
