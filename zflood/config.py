@@ -49,9 +49,13 @@ class Config:
     serve_queue: int = 65_536
 
     # -- the store ----------------------------------------------------------------------------
-    #: The WAL is checkpointed once it holds this much and cut back to it after, so it stays
-    #: under this plus one transaction (a batch: about batch_bytes + max_body).
-    wal_bytes: int = 4 * MiB
+    #: The WAL is checkpointed once it holds its bound and cut back to it after, so it stays
+    #: under the bound plus one transaction (a batch: about batch_bytes + max_body). The bound
+    #: is an eighth of the disk's free space, looked at again as it changes, between
+    #: `wal_min` and `wal_bytes`: on a roomy disk a checkpoint (two fsyncs) comes once per
+    #: 4,096 commits, on a nearly full one the WAL cannot fill what is left.
+    wal_bytes: int = 64 * MiB
+    wal_min: int = 4 * MiB
     #: Storing resumes after a failed write (a full disk) once this much is free again ...
     store_headroom: int = 2 * MiB
     #: ... looked at this often; the first write that succeeds ends the pause for good.

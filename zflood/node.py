@@ -202,7 +202,8 @@ class Node:
             raise LocalError("give either a pickle or a path, not both")
         self.config = config
         self.stats = Stats()
-        self._store = Store(path, fsync=fsync, wal_bytes=config.wal_bytes)
+        self._store = Store(path, fsync=fsync, wal_bytes=config.wal_bytes,
+                            wal_min=config.wal_min)
         self._log = Log(self._store)  # the one place that knows each origin's count and head
         if pickled is not None:
             seed, group, origins = _unpickle(pickled)
@@ -1331,6 +1332,7 @@ class Node:
             "error": self._store_fault,
             "damaged": {o.hex(): len(s) for o, s in self._store.damaged.items()},
             "wal_bytes": self._store.wal_size(),
+            "wal_bound": self._store.wal_bound,
         }
 
     def check_store(self, step: int = 10_000) -> Iterator[CheckProgress]:
@@ -1360,6 +1362,7 @@ class Node:
 
     def _tick_store(self, now: float) -> None:
         c = self.config
+        self._store.fit_wal()  # free space changes: the WAL's bound follows it
         if self._paused:
             if self._paused_at is None:
                 self._paused_at = now

@@ -265,7 +265,8 @@ class Store:
         path: str | os.PathLike[str] | None = None,
         *,
         fsync: bool = False,
-        wal_bytes: int = 4 * 1024 * 1024,
+        wal_bytes: int = 64 * 1024 * 1024,
+        wal_min: int = 4 * 1024 * 1024,
     ):
         self.path = None if path is None else os.fspath(path)
         #: origin -> seqnos whose stored note failed its hash link (left out of every read)
@@ -283,12 +284,10 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             self._migrate()
             self._db.executescript(_SCHEMA)
-            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-            # A checkpoint copies the WAL into the database and syncs both: a few ms, paid
-            # once per `wal_bytes` of commits (tools/bench_engine.py measures it). Without a
-            # bound the WAL grew to 40 MB and filled a small disk by itself.
-            self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, wal_bytes // page)}")
-            self._db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
+            self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._wal_range = (min(wal_min, wal_bytes), wal_bytes)
+            self.wal_bound = 0
+            self.fit_wal()
         except sqlite3.DatabaseError as e:
             if _busy(e):
                 raise StoreInUse(f"store {self.path} is in use by another process") from None
@@ -972,6 +971,30 @@ class Store:
             return os.path.getsize(self.path + "-wal")
         except OSError:
             return 0
+
+    def fit_wal(self) -> int:
+        """Set the WAL's bound to an eighth of the free space, within its range; returns it.
+        A checkpoint copies the WAL into the database and syncs both: a few ms, paid once
+        per bound's worth of commits (tools/bench_engine.py measures it). Without a bound the
+        WAL grew to 40 MB and filled a small disk by itself."""
+        low, high = self._wal_range
+        free = self._free()
+        bound = high if free is None else max(low, min(high, free // 8))
+        bound -= bound % self._page
+        if bound != self.wal_bound:
+            self.wal_bound = bound
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, bound // self._page)}")
+            self._db.execute(f"PRAGMA journal_size_limit={bound}")
+        return bound
+
+    def _free(self) -> int | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def has_room(self, need: int) -> bool:
         """Whether the disk holding the store has `need` bytes free (True if unknown)."""
