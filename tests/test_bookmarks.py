@@ -477,6 +477,9 @@ def test_sync_is_two_way_with_a_chromium_file(tmp: Path) -> None:
     assert doc["checksum"] == chromium.checksum(doc)
     assert by_title(a)["Browser's"]["id"] == "11111111-2222-4333-8444-555555555555"
     assert "0 edits" in bm(a, "sync", str(file))  # nothing changed since: nothing to do
+    before = file.read_bytes()
+    assert "not html" in fails(a, "sync", str(file), "--format", "html")
+    assert file.read_bytes() == before
 
 
 def test_sync_of_an_html_file_matches_by_place(tmp: Path) -> None:
@@ -591,3 +594,29 @@ def test_watch_takes_the_browsers_writes_and_keeps_what_it_never_loaded(tmp: Pat
             _, err = watch.communicate(timeout=WAIT)
         assert watch.returncode == 0, err
         assert "close it" in err and "Traceback" not in err
+
+
+def test_sync_of_an_xbel_file_follows_its_ids_across_folders(tmp: Path) -> None:
+    a = tmp / "a"
+    member(a)
+    bm(a, "add", "https://one.example/", "--title", "One", "--folder", "bar/F")
+    bm(a, "add", "https://two.example/", "--title", "Two", "--folder", "other/G")
+    file = tmp / "bookmarks.xbel"
+    bm(a, "sync", str(file))
+    ids = {t: r["id"] for t, r in by_title(a).items()}
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(file.read_bytes())
+    one = next(e for e in root.iter("bookmark") if e.get("href") == "https://one.example/")
+    g = next(e for e in root.iter("folder") if e.findtext("title") == "G")
+    f = next(e for e in root.iter("folder") if e.findtext("title") == "F")
+    f.remove(one)
+    g.insert(1, one)  # after G's title: first in G
+    title = one.find("title")
+    assert title is not None
+    title.text = "One, moved"
+    file.write_bytes(ET.tostring(root))
+    assert "2 edits" in bm(a, "sync", str(file))  # a rename and a move
+    got = by_title(a)
+    assert got["One, moved"]["id"] == ids["One"] and got["One, moved"]["folder"] == "other/G"
+    assert [r["title"] for r in rows(a, "other/G")][1:] == ["One, moved", "Two"]

@@ -237,13 +237,16 @@ def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bo
         data = b""
     except OSError as e:
         raise files.BadFile(f"cannot read {path}: {e.strerror}") from None
-    fmt = fmt or files.format_of(path)
     ops: list[Op] = []
     unseen: set[str] = set()
     seen: set[str] = set()
     if data.strip():
         try:
-            now = files.read(data)
+            own = files.detect(data)
+            if fmt is not None and fmt != own:
+                raise files.BadFile(f"it is {own}, not {fmt}: a browser's file keeps its format")
+            fmt = own
+            now = files.read(data, own)
         except files.BadFile as e:
             raise files.BadFile(f"{path}: {e}") from None
         snap = sync.load_snapshot(state, path)
@@ -253,6 +256,8 @@ def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bo
             base, unseen = snap
             ops = sync.diff(s.regs, s.tree, now, base, fmt == "html", _now_us(),
                             keep=unseen if watching else set(), seen=seen)
+    else:
+        fmt = fmt or files.format_of(path)
     s.publish(ops)
     roots = _roots(s.tree)
     out = files.write(roots, fmt)
