@@ -16,9 +16,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ...errors import LocalError
+from .cli import FORMATS as FORMATS
 from .model import FOLDER, ROOT_TITLES, ROOTS, Item
 
-FORMATS = ("html", "xbel", "chromium")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _NEEDS_HOST = {"http", "https", "ftp", "ws", "wss"}
 
