@@ -187,3 +187,23 @@ def test_with_the_daemon_stopped_the_chat_shows_the_history_and_stores_what_is_t
     finally:
         term.close()
     assert [m["text"] for m in log(a)] == ["said earlier", "typed offline"]
+
+
+def test_the_interactive_chat_without_a_terminal_is_one_line(tmp: Path) -> None:
+    a = tmp / "a"
+    member(a)
+    p = subprocess.run([*ZFLOOD, "--state", str(a), "chat"], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=WAIT, env=ENV)
+    err = p.stderr.decode()
+    assert "Traceback" not in err and p.returncode == 2, err
+    assert err.count("\n") == 1 and "needs a terminal" in err and "chat send" in err
+
+
+def test_chat_send_of_stdin_that_is_not_utf8_is_one_line_and_sends_nothing(tmp: Path) -> None:
+    a = tmp / "a"
+    member(a)
+    p = subprocess.run([*ZFLOOD, "--state", str(a), "chat", "send", "-"], input=b"caf\xe9\xff",
+                       capture_output=True, timeout=WAIT, env=ENV)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and err == "zflood: stdin is not UTF-8 text\n", err
+    assert log(a) == []

@@ -1188,3 +1188,47 @@ def test_a_store_of_another_group_is_a_configuration_error(tmp: Path) -> None:
                           text=True, timeout=30, env=ENV, check=False)
     assert done.returncode == 78, done.stderr
     assert done.stderr.count("\n") == 1 and "belongs to another group" in done.stderr
+
+
+# -- what a new user meets ---------------------------------------------------------------------
+
+
+def test_state_is_accepted_after_the_apps_own_subcommands_too(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    ok("chat", "send", "hello", "--state", str(state))
+    assert "hello" in ok("chat", "log", "--state", str(state)).out
+    ok("mail", "queue", "--state", str(state))
+    r = zflood("mail", "queue", "--instance", "nosuch", "--state", str(state))
+    assert_one_line_error(r, 2)  # both given: refused, as for the other commands
+
+
+def test_tail_into_a_reader_that_left_stops_quietly(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, *[f"note {i} " + "x" * 100 for i in range(2000)])  # far more than a pipe holds
+    argv = [*ZFLOOD, "--state", str(state), "tail", "--all", "--no-follow"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=ENV) as p:
+        assert p.stdout is not None and p.stderr is not None
+        assert p.stdout.readline().strip()
+        p.stdout.close()  # `| head -1`
+        err = p.stderr.read().decode()
+        code = p.wait(QUICK)
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    assert err == "" and code == 128 + signal.SIGPIPE
+
+
+def test_publish_of_a_stdin_far_larger_than_a_note_says_so(tmp: Path,
+                                                         daemons: Daemons) -> None:
+    state = tmp / "a"
+    member(state)
+    d = daemons(state)
+    line = assert_one_line_error(zflood("publish", "-", state=state, stdin=b"y" * 3_000_000))
+    assert "a note body is at most 262144 bytes" in line, line
+    assert d.client.status()["notes"] == 0
+
+
+def test_publish_help_says_binary_takes_the_argument_too() -> None:
+    out = ok("publish", "--help").out
+    assert "publish stdin as bytes" not in out and "TEXT, or stdin" in " ".join(out.split())

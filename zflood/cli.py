@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pub = sub.add_parser("publish", help="publish a note (works offline: it waits in the store)")
     pub.add_argument("text", metavar="TEXT", help="the note, or - to read it from stdin")
-    pub.add_argument("--binary", action="store_true", help="publish stdin as bytes, not text")
+    pub.add_argument("--binary", action="store_true",
+                     help="publish as bytes, not text (TEXT, or stdin with -)")
 
     t = sub.add_parser(
         "tail", help="print notes as they arrive, one a line (with the daemon stopped: "
@@ -146,9 +147,18 @@ def _parser() -> argparse.ArgumentParser:
     for command in (sub.choices["init"], sub.choices["join"]):
         command.add_argument("--name", metavar="NAME",
                              help="this member's name for the others (default: the host name)")
-    for command in sub.choices.values():
+    for command in _commands(sub):
         _place_options(command, argparse.SUPPRESS)
     return p
+
+
+def _commands(sub: Any) -> Iterator[argparse.ArgumentParser]:
+    """Every parser under `sub`, the apps' own subcommands (chat send, mail queue) too."""
+    for command in sub.choices.values():
+        yield command
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from _commands(action)
 
 
 def _place_options(p: argparse.ArgumentParser, default: object) -> None:
@@ -209,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e), usage)
     except ConfigurationError as e:
         return fail(str(e), e.exit_status)
+    except BrokenPipeError:
+        # `zflood tail | head`: the reader left, so stop quietly as other tools do (they die
+        # of SIGPIPE); stdout onto /dev/null keeps the flush at exit from failing again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (ZfloodError, OSError) as e:
         return fail(str(e), 1)
     except KeyboardInterrupt:
@@ -375,7 +391,12 @@ def _running(state: Path) -> dict[str, Any] | None:
 def cmd_publish(state: Path, args: argparse.Namespace) -> int:
     body: str | bytes
     if args.text == "-":
-        raw = sys.stdin.buffer.read()
+        from .config import DEFAULT
+
+        # read no more than a note can hold: a larger stdin is refused, not held in memory
+        raw = sys.stdin.buffer.read(DEFAULT.max_body + 1)
+        if len(raw) > DEFAULT.max_body:
+            raise LocalError(f"a note body is at most {DEFAULT.max_body} bytes")
         try:
             body = raw if args.binary else raw.decode()
         except UnicodeDecodeError:

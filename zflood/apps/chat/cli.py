@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..group import opened
+from ..group import LocalError, opened
 from . import history
-from .lines import DEFAULT_ROOM, format_line, note
+from .lines import DEFAULT_ROOM, MAX_TEXT, format_line, note
 
 HISTORY = 200  # lines an interactive chat opens with
+MAX_READ = 4 * MAX_TEXT  # read of stdin: past a line's limit, so `note` refuses what is longer
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +37,7 @@ def main(state: Path, args: argparse.Namespace) -> int:
     if not room or len(room) > 64 or not room.isprintable():
         raise BadArgument(f"not a room name: {room!r}")
     if args.chat_command == "send":
-        text = sys.stdin.read().rstrip("\n") if args.text == "-" else args.text
+        text = _stdin_line() if args.text == "-" else args.text
         try:
             body = note(room, text)
         except ValueError as e:
@@ -60,6 +61,23 @@ def main(state: Path, args: argparse.Namespace) -> int:
             else:
                 print(format_line(ln, names))
         return 0
+    from ...statedir import load_group
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise BadArgument("the interactive chat needs a terminal: zflood chat send TEXT, "
+                          "or zflood chat log")
+    if load_group(state) is None:
+        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
     from .ui import run
 
     return run(state, room)
+
+
+def _stdin_line() -> str:
+    from ...cli import BadArgument
+
+    raw = sys.stdin.buffer.read(MAX_READ)
+    try:
+        return raw.decode().rstrip("\n")
+    except UnicodeDecodeError:
+        raise BadArgument("stdin is not UTF-8 text") from None

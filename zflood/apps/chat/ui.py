@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from pathlib import Path
@@ -275,6 +276,10 @@ def run(state: Path, room: str) -> int:
         if chat.next_index:
             save_read(state, room, chat.next_index)
     said = flush_offline(chat)
-    if said:
-        print(said)
+    if said is None:
+        return 0
+    if said.startswith("zflood: "):  # typed lines that could not be kept anywhere
+        print(said, file=sys.stderr)
+        return 1
+    print(said)
     return 0
