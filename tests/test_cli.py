@@ -1232,3 +1232,31 @@ def test_publish_of_a_stdin_far_larger_than_a_note_says_so(tmp: Path,
 def test_publish_help_says_binary_takes_the_argument_too() -> None:
     out = ok("publish", "--help").out
     assert "publish stdin as bytes" not in out and "TEXT, or stdin" in " ".join(out.split())
+
+
+def _file_size_limit(limit: int) -> Any:
+    def limited() -> None:  # in the child: a write past `limit` fails (EFBIG), as a full disk
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limited
+
+
+def test_an_export_that_fails_leaves_an_older_export_of_that_name_whole(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    put(state, "kept")
+    backup = tmp / "backup.zf"
+    ok("export", backup, state=state)
+    before = backup.read_bytes()
+    put(state, *[os.urandom(2000) for _ in range(100)])  # the next export: about 200 KB
+    argv = [*ZFLOOD, "--state", str(state), "export", str(backup)]
+    p = subprocess.run(argv, capture_output=True, timeout=QUICK, env=ENV,
+                       preexec_fn=_file_size_limit(50_000))
+    r = Result(p.returncode, p.stdout.decode(), p.stderr.decode(), p.stdout)
+    assert_one_line_error(r, 1)
+    assert backup.read_bytes() == before
+    assert sorted(f.name for f in tmp.iterdir()) == ["a", "backup.zf"]
+    assert "exported 101 notes" in ok("export", backup, state=state).out
+    assert "imported 0 new notes" in ok("import", backup, state=state).out

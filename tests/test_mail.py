@@ -371,3 +371,31 @@ def test_systemd_analyze_verify_accepts_the_deliverers_unit(tmp: Path) -> None:
     ours = [line for line in (done.stdout + done.stderr).splitlines()
             if "zflood-mail" in line or str(units) in line]
     assert done.returncode == 0 and not ours, done.stdout + done.stderr
+
+
+def test_a_second_deliverer_on_the_same_member_refuses_and_the_first_runs_on(
+    tmp: Path, smtp: tuple[Inbox, int],
+) -> None:
+    _, port = smtp
+    state = tmp / "a"
+    member(state)
+    with Daemons() as daemons:
+        daemons(state)
+        first = Deliverer(state, port)
+        try:
+            wait_for(lambda: "delivering" in first.text(), WAIT, "the first deliverer")
+            second = Deliverer(state, port)
+            assert second.proc.wait(timeout=WAIT) == 1
+            assert "a deliverer already runs for this member" in second.text()
+            assert first.proc.poll() is None
+        finally:
+            assert first.stop() == 0
+
+
+def test_deliver_refuses_a_password_file_without_a_login(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    p = subprocess.run([*ZFLOOD, "--state", str(state), "mail", "deliver", "--smtp",
+                        "127.0.0.1:25", "--password-file", "/etc/hostname"],
+                       capture_output=True, text=True, timeout=30, env=ENV, check=False)
+    assert p.returncode == 2 and p.stderr == "zflood: --password-file needs --login\n"

@@ -772,20 +772,39 @@ def _ranges(seqnos: list[int], most: int = 10) -> str:
 
 
 def cmd_export(state: Path, args: argparse.Namespace) -> int:
+    import stat
+
     from . import wire
 
     node, _ = _offline_node(state)
     count = 0
+    target: Path = args.file
+    # A file is written beside itself and renamed at the end, so an export that fails (a full
+    # disk) leaves an older backup of that name whole; a pipe or device is written directly.
+    special = target.exists() and not stat.S_ISREG(target.stat().st_mode)
+    path = target if special else target.with_name(f".{target.name}.zflood-tmp")
     try:
         # every note of the group is in it: owner-only, as node.db is
-        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # the mode given to open applies only to a file it creates
-        with os.fdopen(fd, "wb") as f:
-            cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
-            for batch in node.export():
-                f.write(wire.encode(batch))
-                count += len(batch.bodies)
-            cbor2.dump({EXPORT_END: count}, f)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if not special:
+            os.fchmod(fd, 0o600)  # the mode given to open applies only to a file it creates
+        try:
+            with os.fdopen(fd, "wb") as f:
+                cbor2.dump({EXPORT_MAGIC: 1, "group": node.group}, f)
+                for batch in node.export():
+                    f.write(wire.encode(batch))
+                    count += len(batch.bodies)
+                cbor2.dump({EXPORT_END: count}, f)
+                if not special:
+                    f.flush()
+                    os.fsync(f.fileno())
+            if not special:
+                os.replace(path, target)
+        except BaseException:
+            if not special:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
     finally:
         node.close()
     print(f"exported {count} notes to {args.file}")

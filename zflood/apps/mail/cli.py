@@ -9,6 +9,8 @@ running or not; errors are one line on stderr and a sysexits status.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import getpass
 import json
 import logging
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # the zflood command builds its parser from here: load the re
     from .queue import Message
 
 EX_TEMPFAIL, EX_CONFIG = 75, 78  # sysexits.h (message.py has them all)
+LOCK = "mail-deliver.lock"  # held by the one deliverer of this member
 
 
 def _state(state: str | None, instance: str | None) -> Path:
@@ -162,6 +165,9 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
         print(f"zflood: --smtp takes HOST:PORT, not {args.smtp!r}", file=sys.stderr)
         return 2
     password = None
+    if args.password_file is not None and not args.login:
+        print("zflood: --password-file needs --login", file=sys.stderr)
+        return 2
     if args.login:
         if args.password_file is None:
             print("zflood: --login needs --password-file", file=sys.stderr)
@@ -189,11 +195,23 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(group.close)
         # under systemd the deliverer has a state directory of its own (the daemon's is not
         # its to write); by hand it keeps its one file beside the group's store
         own = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        deliverer = Deliverer(group.client, smtp, Path(own) if own else state)
+        files = Path(own) if own else state
+        # One deliverer per member as well: two would each send every pending message (the
+        # lease below only tells members apart) and share one mail-inflight file.
+        lock = open(files / LOCK, "a+b")  # noqa: SIM115 (held until the deliverer ends)
+        stack.callback(lock.close)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"zflood: a deliverer already runs for this member ({files / LOCK} is "
+                  "held): stop it first", file=sys.stderr)
+            return EX_CONFIG if os.environ.get("INVOCATION_ID") else 1
+        deliverer = Deliverer(group.client, smtp, files)
         try:
             deliverer.start(take_over=args.take_over)
         except DelivererActive as e:
@@ -201,8 +219,6 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
             return EX_CONFIG if os.environ.get("INVOCATION_ID") else 1
         logging.getLogger("zflood.mail").info("delivering the group's mail to %s", args.smtp)
         deliverer.run(lambda: stopping)
-    finally:
-        group.close()
     return 0
 
 
