@@ -1260,3 +1260,28 @@ def test_an_export_that_fails_leaves_an_older_export_of_that_name_whole(tmp: Pat
     assert sorted(f.name for f in tmp.iterdir()) == ["a", "backup.zf"]
     assert "exported 101 notes" in ok("export", backup, state=state).out
     assert "imported 0 new notes" in ok("import", backup, state=state).out
+
+
+def test_a_store_of_another_group_names_the_two_files_that_disagree(tmp: Path) -> None:
+    a, b = tmp / "a", tmp / "b"
+    member(a)
+    member(b)
+    (a / "group.key").write_bytes((b / "group.key").read_bytes())
+    line = assert_one_line_error(zflood("status", state=a), 78)
+    assert str(a / "node.db") in line and str(a / "group.key") in line, line
+
+
+def test_a_missing_or_unusable_file_is_named_plainly(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    line = assert_one_line_error(zflood("import", tmp / "nothing.zf", state=state), 1)
+    assert line == f"zflood: {tmp / 'nothing.zf'}: No such file or directory"
+    line = assert_one_line_error(zflood("export", tmp, state=state), 1)
+    assert line == f"zflood: {tmp}: Is a directory"
+
+
+def test_join_ended_at_its_prompt_ends_the_prompts_line(tmp: Path) -> None:
+    status, shown = _on_a_terminal([*ZFLOOD, "--state", str(tmp / "b"), "join"], b"\x04",
+                                   b"join code")
+    assert status == 2, shown
+    assert b"(not shown): \r\nzflood: bad join code" in shown, shown

@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
-    except (ZfloodError, OSError) as e:
+    except OSError as e:
+        # "FILE: No such file or directory", not Python's "[Errno 2] ...: 'FILE'"
+        return fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), 1)
+    except ZfloodError as e:
         return fail(str(e), 1)
     except KeyboardInterrupt:
         return 130
@@ -300,7 +303,11 @@ def _join_code(arg: str | None) -> str:
     try:
         code = getpass.getpass("join code (not shown): ")
     except EOFError:
+        print(file=sys.stderr)  # end the prompt's line, so the error has a line of its own
         code = ""
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # and the shell's next prompt too
+        raise
     if not code.strip():
         raise BadJoinCode("no join code was typed")
     return code

@@ -140,6 +140,9 @@ def open_node(state: Path, group: Group, config: Config = DEFAULT, *, create: bo
         return Node(path=str(path), group=group.id, config=config, create=create)
     except NoIdentity:
         raise LostIdentity(state) from None
+    except ConfigurationError as e:  # say which files disagree
+        raise ConfigurationError(f"{path}: {e}, not to that of {state / GROUP} "
+                                 f"({group.id.hex()})") from None
 
 
 class LostIdentity(ConfigurationError):
