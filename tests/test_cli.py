@@ -1285,3 +1285,9 @@ def test_join_ended_at_its_prompt_ends_the_prompts_line(tmp: Path) -> None:
                                    b"join code")
     assert status == 2, shown
     assert b"(not shown): \r\nzflood: bad join code" in shown, shown
+
+
+def test_tail_refuses_all_and_n_together_rather_than_ignore_one(tmp: Path) -> None:
+    state = tmp / "a"
+    member(state)
+    assert_usage_error(zflood("tail", "--all", "-n", "2", "--no-follow", state=state))

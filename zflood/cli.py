@@ -97,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tail", help="print notes as they arrive, one a line (with the daemon stopped: "
         "what the store holds, then exit)")
-    t.add_argument("--all", action="store_true", help="start from the first note held")
-    t.add_argument("-n", "--lines", type=_count, metavar="N",
-                   help="start with the last N notes held")
+    start = t.add_mutually_exclusive_group()  # both given, one would be silently ignored
+    start.add_argument("--all", action="store_true", help="start from the first note held")
+    start.add_argument("-n", "--lines", type=_count, metavar="N",
+                       help="start with the last N notes held")
     t.add_argument("--no-follow", action="store_true",
                    help="print the notes held and exit, without waiting for new ones")
     t.add_argument("--json", action="store_true", help="one JSON object a line")
