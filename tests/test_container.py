@@ -275,7 +275,7 @@ sub = ctx.socket(zmq.SUB)
 sub.connect("ipc:///run/zflood/family/pub.sock")
 sub.subscribe(b"")
 client = Client("ipc:///run/zflood/family/control.sock", timeout=2.0)
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + 30  # a loaded machine starts Python slowly
 while time.monotonic() < deadline:
     client.publish("live from alice")
     if sub.poll(200):
@@ -295,7 +295,7 @@ TAIL = """/opt/zflood/bin/python - <<'EOF'
 import select, subprocess, time
 p = subprocess.Popen(["zflood", "--instance", "family", "tail", "--all"],
                      stdout=subprocess.PIPE, text=True)
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + 30  # a loaded machine starts Python slowly
 try:
     while select.select([p.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
         line = p.stdout.readline()
