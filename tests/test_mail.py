@@ -72,6 +72,15 @@ def test_dash_t_takes_recipients_from_headers_and_removes_bcc() -> None:
     assert b"Bcc" not in out and b"hidden" not in out
     assert out.endswith(b"\n\nbody\n")  # a lone "." ends the message without -i
     assert sub.subject == "hi" and sub.sender == "me@example.org"
+    parsed = email.message_from_bytes(out)
+    assert parsed["Date"] and parsed["Message-ID"].endswith("@example.org>")  # added, as sendmail
+
+
+def test_a_message_keeps_its_own_date_and_message_id() -> None:
+    msg = (b"Date: Tue, 1 Dec 2026 10:00:00 +0000\nMessage-ID: <x@y>\nFrom: a@b.c\n"
+           b"Subject: s\n\nbody\n")
+    out = b"".join(read_message(io.BytesIO(msg), parse_args(["-i", "d@e.f"]), "m@x"))
+    assert out == msg
 
 
 def _unstuff(data: bytes) -> bytes:
@@ -324,7 +333,8 @@ def test_a_25_mib_message_goes_out_whole_and_a_larger_one_is_refused(
     inbox, port = smtp
     box = tmp / "box"
     member(box)
-    head = b"From: me@example.org\nTo: ann@example.org\nSubject: big\n\n"
+    head = (b"Date: Wed, 2 Dec 2026 07:00:00 +0000\nMessage-ID: <big@example.org>\n"
+            b"From: me@example.org\nTo: ann@example.org\nSubject: big\n\n")  # as mutt sends
     line = b"0123456789abcdef" * 4 + b"\n"  # 65 bytes a line
     body = line * ((MAX_MESSAGE - len(head)) // len(line))
     done = sendmail(box, head + body, "-i", "ann@example.org")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from email.utils import getaddresses
+from email.utils import formatdate, getaddresses, make_msgid
 from typing import BinaryIO
 
 from .. import notes
@@ -152,6 +152,7 @@ def read_message(stream: BinaryIO, sub: Submission, default_sender: str) -> Iter
     recipients from To/Cc/Bcc and removes Bcc). Fills in `sub.recipients` and the sender before
     the first chunk is yielded; raises MailError for what cannot be mail."""
     head = _read_header(stream)
+    given = len(head)  # the limit is on what the mail client handed over
     headers = BytesHeaderParser().parsebytes(head)
     if sub.from_headers:
         found = [a for _, a in getaddresses(
@@ -166,8 +167,15 @@ def read_message(stream: BinaryIO, sub: Submission, default_sender: str) -> Iter
     if headers.get("From") is None:
         name = f'"{sub.full_name}" ' if sub.full_name else ""
         head = f"From: {name}<{sub.sender}>\n".encode() + head
+    # As sendmail does: many servers refuse mail without them, and the time is the writer's
+    # (the message may leave days later, from another machine).
+    if headers.get("Message-ID") is None:
+        domain = sub.sender.rpartition("@")[2] or "localhost"
+        head = f"Message-ID: {make_msgid(domain=domain)}\n".encode() + head
+    if headers.get("Date") is None:
+        head = f"Date: {formatdate(localtime=True)}\n".encode() + head
     sub.subject = str(headers.get("Subject", ""))[:200]
-    yield from _chunks(head, stream, sub.dot_ends)
+    yield from _chunks(head, stream, sub.dot_ends, given)
 
 
 def _read_header(stream: BinaryIO) -> bytes:
@@ -195,9 +203,9 @@ def _drop_header(head: bytes, name: bytes) -> bytes:
     return b"".join(out)
 
 
-def _chunks(head: bytes, stream: BinaryIO, dot_ends: bool) -> Iterator[bytes]:
+def _chunks(head: bytes, stream: BinaryIO, dot_ends: bool, given: int) -> Iterator[bytes]:
     buf = bytearray(head)
-    total = len(head)
+    total = given
     while True:
         line = stream.readline(PART_SIZE)
         if not line:
