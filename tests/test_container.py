@@ -293,12 +293,14 @@ EOF
 # come first), bounded, then stopped by PID.
 TAIL = """/opt/zflood/bin/python - <<'EOF'
 import select, subprocess, time
+# unbuffered: a buffered readline may take two lines from the pipe, and select() would then
+# wait for a second one that is already read
 p = subprocess.Popen(["zflood", "--instance", "family", "tail", "--all"],
-                     stdout=subprocess.PIPE, text=True)
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
 deadline = time.monotonic() + 30  # a loaded machine starts Python slowly
 try:
     while select.select([p.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
-        line = p.stdout.readline()
+        line = p.stdout.readline().decode()
         if not line or "from alice" in line:
             print(line, end="")
             break
