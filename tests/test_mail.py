@@ -205,6 +205,8 @@ def test_offline_laptop_queues_the_box_delivers_each_once_and_receipts_come_back
     laptop, box = tmp / "laptop", tmp / "box"
     code = member(laptop)
     member(box, code)
+    subprocess.run([*ZFLOOD, "--state", str(box), "name", "box-host"], capture_output=True,
+                   timeout=30, env=ENV, check=True)
     # offline: the laptop's daemon is not running; mutt calls `sendmail -oem -oi -- RCPT`
     for i in range(3):
         done = sendmail(laptop, _message(i), "-oem", "-oi", "--", "ann@example.org")
@@ -239,8 +241,11 @@ def test_offline_laptop_queues_the_box_delivers_each_once_and_receipts_come_back
     assert failed["state"] == "failed" and "550" in failed["reply"]
     body = inbox.messages[0][2]
     assert b"\n.leading dot" in body.replace(b"\r\n", b"\n")  # un-stuffed by the server
-    # the laptop, offline again, still shows every fate
+    # the laptop, offline again, still shows every fate, and who sent it by name
     assert {r["subject"]: r["state"] for r in mail_queue(laptop)}["message 1"] == "sent"
+    human = subprocess.run([*ZFLOOD, "--state", str(laptop), "mail", "queue"],
+                           capture_output=True, text=True, timeout=30, env=ENV, check=True)
+    assert "sent by box-host" in human.stdout, human.stdout
 
 
 def _queue_online(daemon: Any) -> list[dict[str, Any]]:

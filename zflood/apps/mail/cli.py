@@ -114,7 +114,11 @@ def _print_queue(state: Path, as_json: bool) -> int:
     with opened(state) as group:
         for note in held_notes(group, app=APP):
             mail.add(note)
+        names = group.names()
     rows = [_row(m) for m in mail.queue()]
+    for row in rows:  # who delivered it, by the name its member gave itself
+        if row.get("by"):
+            row["by_name"] = names.get(row["by"])
     if as_json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -127,7 +131,8 @@ def _print_queue(state: Path, as_json: bool) -> int:
         print(f"{row['id'][:12]}  {when}  {row['size']:>9}  {row['from']} -> "
               f"{', '.join(row['to'])}")
         detail = row.get("reply", "")
-        by = f" by {row['by'][:8]}" if row.get("by") else ""
+        who = row.get("by_name") or (row["by"][:8] if row.get("by") else "")
+        by = f" by {who}" if who else ""
         print(f"    {row['state']}{by}{': ' + detail if detail else ''}")
     return 0
 
