@@ -117,6 +117,7 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
         db = daemons(b, da.listen)
         wait_for(lambda: da.linked() and db.linked(), WAIT, "a link")
         run_cli(b, "name", "Bea")
+        run_cli(a, "name", "Ann")
         run_cli(b, "chat", "send", "before a opened the chat")
         wait_for(lambda: log(a), WAIT, "history at a")
         term = Terminal("a", [*ZFLOOD, "--state", str(a), "chat"], env)
@@ -128,6 +129,8 @@ def test_interactive_chat_across_two_daemons_in_a_real_terminal(tmp: Path) -> No
             term.type("hello from a")
             wait_for(lambda: any(m["text"] == "hello from a" for m in log(b)), WAIT,
                      "a's typed line at b", term.screen)
+            wait_for(lambda: "Ann: hello from a" in run_cli(b, "chat", "log"), WAIT,
+                     "a's typed line shown at b with a's name", term.screen)
             run_cli(b, "chat", "send", "hello back")
             wait_for(lambda: "hello back" in term.screen(), WAIT, "b's line on a's screen",
                      term.screen)
