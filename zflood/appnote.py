@@ -11,6 +11,7 @@ empty, is no app name, so a peer cannot make index keys or topics of any size.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import cbor2
 
@@ -20,8 +21,8 @@ MAX_APP = 64
 _MAP_FIRST, _MAP_LAST = 0xA0, 0xBF  # CBOR major type 5 (a map), every length encoding
 
 
-def app_of(body: object) -> str | None:
-    """The app a note body belongs to, or None for an opaque note."""
+def fields(body: object) -> dict[Any, Any] | None:
+    """The map of an app note, `app` checked as `app_of` says; None for an opaque note."""
     if not isinstance(body, bytes) or not body or not _MAP_FIRST <= body[0] <= _MAP_LAST:
         return None
     fp = io.BytesIO(body)
@@ -34,4 +35,10 @@ def app_of(body: object) -> str | None:
     name = value.get("app")
     if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_APP:
         return None
-    return name
+    return value
+
+
+def app_of(body: object) -> str | None:
+    """The app a note body belongs to, or None for an opaque note."""
+    value = fields(body)
+    return None if value is None else str(value["app"])

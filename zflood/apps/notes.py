@@ -6,12 +6,11 @@ the app asked for, is None, so an app reading the shared log skips what it does 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import cbor2
 
-from ..appnote import MAX_APP
+from ..appnote import MAX_APP, fields
 
 AppNote = dict[str, Any]
 
@@ -27,18 +26,7 @@ def encode(app: str, **fields: Any) -> bytes:
 
 def decode(body: object, app: str | None = None) -> AppNote | None:
     """The fields of an app note (of `app`, when given), or None."""
-    if not isinstance(body, bytes) or not body or body[0] >> 5 != 5:  # 5: a CBOR map
+    value = fields(body)  # the one check of app notes: the store's index and PUB use it too
+    if value is None or (app is not None and value["app"] != app):
         return None
-    fp = io.BytesIO(body)
-    try:
-        value = cbor2.CBORDecoder(fp).decode()
-    except Exception:  # any malformed body is just not an app note
-        return None
-    if fp.tell() != len(body) or not isinstance(value, dict):
-        return None
-    name = value.get("app")
-    if not isinstance(name, str) or (app is not None and name != app):
-        return None
-    if not name or len(name.encode("utf-8", "replace")) > MAX_APP:
-        return None  # what zflood.appnote (the store's index, PUB topics) takes for no app
     return value
