@@ -10,8 +10,11 @@ until the app closes it: apps keep that short).
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 from ..errors import LocalError
@@ -134,4 +137,19 @@ def opened(state: Path) -> Iterator[Online | Offline]:
         group.close()
 
 
-__all__ = ["Group", "LocalError", "Offline", "Online", "notes", "open_group", "opened"]
+__all__ = ["Group", "LocalError", "Offline", "Online", "notes", "open_group", "opened",
+           "stop_on_signals"]
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set: a long-running app command (a deliverer, a sync
+    that watches a file) checks it between steps and stops cleanly."""
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return stopping
+

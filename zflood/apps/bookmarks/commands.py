@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from ..group import Group, opened
+from ..group import Group, opened, stop_on_signals
 from ..group import notes as held_notes
 from . import edits, files
 from .cli import BROWSER_NOTE
@@ -216,19 +214,12 @@ def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bo
 
 
 def _watch(state: Path, args: argparse.Namespace) -> int:
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals()
     print(f"syncing {args.file} until interrupted. {BROWSER_NOTE}", file=sys.stderr)
     last_file: tuple[int, int] | None = None
     last_note = -1
     first = True
-    while not stopping:
+    while not stopping.is_set():
         sig = _stat(args.file)
         with opened(state) as group:
             newer, _ = group.read(last_note + 1, 1, app=APP)
@@ -240,7 +231,7 @@ def _watch(state: Path, args: argparse.Namespace) -> int:
                     print(f"synced {args.file}: {n} edits from it", flush=True)
                 last_note, last_file = s.last, _stat(args.file)
         deadline = time.monotonic() + args.interval
-        while not stopping and time.monotonic() < deadline:
+        while not stopping.is_set() and time.monotonic() < deadline:
             time.sleep(min(0.1, args.interval))  # a file offers no event to await (no inotify)
     return 0
 

@@ -15,12 +15,10 @@ import getpass
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 from ...errors import ZfloodError
@@ -192,14 +190,9 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
         print(f"zflood: the deliverer needs the daemon running in {state} (zflood run)",
               file=sys.stderr)
         return 1
-    stopping = False
+    from ..group import stop_on_signals
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals()
     with contextlib.ExitStack() as stack:
         stack.callback(group.close)
         # under systemd the deliverer has a state directory of its own (the daemon's is not
@@ -223,7 +216,7 @@ def _deliver(state: Path, args: argparse.Namespace) -> int:
             print(f"zflood: {e}", file=sys.stderr)
             return EX_CONFIG if os.environ.get("INVOCATION_ID") else 1
         logging.getLogger("zflood.mail").info("delivering the group's mail to %s", args.smtp)
-        deliverer.run(lambda: stopping)
+        deliverer.run(stopping.is_set)
     return 0
 
 
