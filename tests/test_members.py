@@ -126,6 +126,37 @@ def test_the_table_is_saved_and_loading_reads_only_what_arrived_since(
     node.close()
 
 
+def test_a_table_of_many_origins_is_saved_in_bounded_rounds(tmp_path: Path) -> None:
+    """A save writes at most `most` rows; the index the table is whole up to is written only
+    once a round is done, so a store opened half-way replays what the missing rows hold."""
+    path = str(tmp_path / "node.db")
+    node = Node(path=path, group=GROUP)
+    others = [Node(group=GROUP) for _ in range(5)]
+    for i, other in enumerate(others):
+        other.publish(name_note(f"m{i}", 1.0))
+        node.import_notes(next(other.export()))
+    members = Members.load(node, 10.0)
+    assert members.next == 5
+    writes: list[int] = []
+    real = node.set_meta_many
+
+    def counted(items: dict[str, Any]) -> None:
+        writes.append(len(items))
+        real(items)
+
+    node.set_meta_many = counted  # type: ignore[method-assign]
+    assert members.save(node, 2) is False
+    assert node.get_meta("members/next") in (None, 0)  # the round is not whole yet
+    half = Members.load(node, 20.0)  # as a restart now would
+    assert [half.name(o.id) for o in others] == [f"m{i}" for i in range(5)]
+    assert members.save(node, 2) is False and members.save(node, 2) is True
+    assert writes == [2, 2, 2]  # two rows, two rows, the last row with the index
+    again = Members.load(node, 30.0)
+    assert again.next == 5 and [again.name(o.id) for o in others] == [f"m{i}" for i in range(5)]
+    assert members.save(node, 2) is True and writes == [2, 2, 2]  # nothing changed
+    node.close()
+
+
 def test_a_damaged_saved_row_rebuilds_the_table_from_the_notes(tmp_path: Path) -> None:
     node = Node(path=str(tmp_path / "node.db"), group=GROUP)
     node.publish(name_note("desk", 1.0))

@@ -41,9 +41,13 @@ class Config:
     #: time one goes unanswered, grown by one per origin it delivers: a peer that claims and
     #: never delivers ends up asked one at a time, once per `request_timeout`.
     new_origin_window: int = 256
-    #: Bytes of notes sent to one peer per serving step; the driver pumps `Node.serve()`
+    #: Bytes of notes sent to one peer per serving step ... the driver pumps `Node.serve()`
     #: again after giving its event loop a turn.
     serve_step: int = 1 * MiB
+    #: ... or this many batches, whichever comes first: each batch served costs a read and a
+    #: signature check, so a step of one-note origins (a member that minted thousands) would
+    #: otherwise hold the loop for 10,000 verifies.
+    serve_frames: int = 128
     #: Notes queued to be served to one peer; WANTs past it are refused (the asker re-asks
     #: after `request_timeout`).
     serve_queue: int = 65_536
@@ -52,9 +56,12 @@ class Config:
     #: The WAL is checkpointed once it holds its bound and cut back to it after, so it stays
     #: under the bound plus one transaction (a batch: about batch_bytes + max_body). The bound
     #: is an eighth of the disk's free space, looked at again as it changes, between
-    #: `wal_min` and `wal_bytes`: on a roomy disk a checkpoint (two fsyncs) comes once per
-    #: 4,096 commits, on a nearly full one the WAL cannot fill what is left.
-    wal_bytes: int = 64 * MiB
+    #: `wal_min` and `wal_bytes`: on a roomy disk a checkpoint (two fsyncs) comes every few
+    #: hundred single-note commits, on a nearly full one the WAL cannot fill what is left. A
+    #: checkpoint runs inside the commit that fills the WAL, on the event loop: at 64 MiB it
+    #: took 150-240 ms (status p99 194 ms during a 1M-note sync), at 8 MiB under 80 ms, at
+    #: the same sync and publish rates (tools/bench_engine.py, tools/bench_hostile.py).
+    wal_bytes: int = 8 * MiB
     wal_min: int = 4 * MiB
     #: Storing resumes after a failed write (a full disk) once this much is free again ...
     store_headroom: int = 2 * MiB
@@ -79,8 +86,10 @@ class Config:
     #: Frames queued towards one peer before ZeroMQ drops (the engine recovers losses).
     send_hwm: int = 10_000
     #: The mesh reader handles at most this many messages in one go before the event loop
-    #: gets a turn (the local API, the timers, the watchdog) ...
-    burst_messages: int = 1000
+    #: gets a turn (the local API, the timers, the watchdog), fewer as it learns how many
+    #: the engine takes in burst_time (a one-note run from a new origin costs a verify and
+    #: an insert: 1,000 of them held the loop for 170 ms) ...
+    burst_messages: int = 256
     #: ... or this many bytes of them (fewer as it learns how many the engine takes in
     #: burst_time; a burst holds one message at least) ...
     burst_bytes: int = 8 * MiB
@@ -151,13 +160,18 @@ class Config:
     #: A sync that lasts longer than this logs its progress this often (arrival rates are
     #: measured over twice this); the member table is saved to the store as often.
     progress_interval: float = 5.0
+    #: Rows of the member table saved each time, at most, in one transaction (a member gone
+    #: bad may have minted thousands of origins; the rest follow at the next save).
+    member_rows_per_save: int = 1024
     #: Most members a status reply lists (named ones first): a group is a few machines, but
     #: a member gone bad can mint thousands of origins, and status must stay quick.
     status_members: int = 1024
 
     def __post_init__(self) -> None:
-        if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst) < 1:
-            raise ValueError("burst_messages, dial_slots, dial_attempts, hi_burst: at least 1")
+        if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst,
+               self.serve_frames) < 1:
+            raise ValueError(
+                "burst_messages, dial_slots, dial_attempts, hi_burst, serve_frames: at least 1")
         if self.batch_notes < 1 or self.window_batches < 1:
             raise ValueError("batch_notes and window_batches must be at least 1")
         if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:

@@ -227,7 +227,7 @@ class Daemon:
         self._behind = report.lacking > 0
         self._log_renames()
         try:
-            self.members.save(self.node)
+            self.members.save(self.node, self.options.config.member_rows_per_save)
         except Exception as e:  # a full disk, say: the table is rebuilt from the notes
             log.warning("cannot save the member table: %s", e)
 

@@ -105,6 +105,9 @@ class Members:
         self._members: dict[bytes, Member] = {}
         self._dirty: set[bytes] = set()
         self.next = 0  # the arrival index of the first note not yet seen
+        # A save in rounds: the rows changed up to `_round_next`, still to be written
+        self._round: list[bytes] = []
+        self._round_next = 0
 
     @classmethod
     def load(cls, node: Node, now: float) -> Members:
@@ -152,15 +155,31 @@ class Members:
                 return name
         return None
 
-    def save(self, node: Node) -> None:
-        """Write what changed since the last save into `node`'s store."""
-        if not self._dirty and node.get_meta(_META_NEXT) == self.next:
-            return
-        for origin in sorted(self._dirty):
-            m = self._members[origin]
-            node.set_meta(_META_ROW + origin.hex(), cbor2.dumps([m.name, m.name_seqno, m.last_at]))
-        self._dirty.clear()
-        node.set_meta(_META_NEXT, self.next)
+    def save(self, node: Node, most: int | None = None) -> bool:
+        """Write what changed into `node`'s store: at most `most` rows a call (None: all),
+        in one transaction; True once all of it is written. A member gone bad can mint
+        thousands of origins, and one call writing every row held the loop for 360 ms. The
+        arrival index the table is whole up to is written after the last row of a round, so
+        a store opened in between replays from the round before, never past a row not
+        written."""
+        if most is None and self._dirty:  # all of it: this round and what changed since
+            self._round = sorted(set(self._round) | self._dirty)
+            self._dirty, self._round_next = set(), self.next
+        if not self._round:
+            if not self._dirty and node.get_meta(_META_NEXT) == self.next:
+                return True
+            self._round, self._dirty = sorted(self._dirty), set()
+            self._round_next = self.next
+        take = self._round if most is None else self._round[:most]
+        rows: dict[str, object] = {
+            _META_ROW + m.origin.hex(): cbor2.dumps([m.name, m.name_seqno, m.last_at])
+            for m in map(self._members.__getitem__, take)
+        }
+        if not take or len(take) == len(self._round):
+            rows[_META_NEXT] = self._round_next
+        node.set_meta_many(rows)
+        del self._round[:len(take)]
+        return not self._round and not self._dirty
 
     def get(self, origin: bytes) -> Member:
         return self._members.get(origin) or Member(origin)

@@ -395,25 +395,27 @@ class Mesh:
     async def _receive(self, router: zmq.asyncio.Socket) -> None:
         assert self._loop is not None
         loop, c = self._loop, self._config
-        # Bytes per burst. The engine does most of a burst's work when the batch ends (one
-        # verify and one transaction per run of notes), so the time spent dispatching says
-        # little: from each bulk burst's whole cost, learn how many bytes fit in burst_time.
-        budget = c.burst_bytes
+        # Messages and bytes per burst. The engine does most of a burst's work when the batch
+        # ends (one verify and one transaction per run of notes), so the time spent
+        # dispatching says little: from each burst's whole cost, learn how many messages (a
+        # member minting origins sends thousands of one-note runs, a verify each) and how
+        # many bytes (a bulk sync) fit in burst_time.
+        budget, cap = c.burst_bytes, c.burst_messages
         while True:
             frames = await router.recv_multipart(copy=False)
             start = now = loop.time()
-            size = 0
+            size = n = 0
             # Whatever else has arrived is handled in the same batch (the engine's
             # Node.batch): one signature check and one transaction for a run of pushes.
             with self._batch():
-                for n in range(1, c.burst_messages + 1):
+                for n in range(1, cap + 1):
                     try:
                         self._dispatch(frames, now)
                     except Exception:  # one bad message (or engine callback) must not stop us
                         log.exception("mesh: error handling a message")
                     size += sum(len(f) for f in frames)
                     now = loop.time()
-                    if n == c.burst_messages or size >= budget or now - start >= c.burst_time:
+                    if n == cap or size >= budget or now - start >= c.burst_time:
                         break  # before taking the next message, which would be lost
                     try:
                         # with NOBLOCK the future is done at once: a message, or Again
@@ -421,9 +423,11 @@ class Mesh:
                         frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
                     except zmq.Again:
                         break
+            scale = c.burst_time / max(loop.time() - start, 1e-6)
+            if n == cap or scale < 1:  # the cap held, or the burst took too long: it says
+                cap = max(1, min(c.burst_messages, int((cap + n * scale) / 2)))
             if size >= min(budget, c.batch_bytes):  # bulk: its cost per byte means something
-                fits = size * c.burst_time / max(loop.time() - start, 1e-6)
-                budget = int(min(c.burst_bytes, (budget + fits) / 2))
+                budget = int(min(c.burst_bytes, (budget + size * scale) / 2))
             # Awaiting a receive that is already done would not yield. One turn of the loop is
             # not enough either: what another task waits for (a pyzmq poll, say) reaches it
             # through a few callbacks, one per turn, and each turn would run another burst.

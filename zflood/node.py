@@ -25,11 +25,12 @@ holds no message outgrows what peers accept; a node holds at most `max_origins` 
 WANT does not send anything itself: it queues a range on that peer's serve queue, and a range
 already queued or sent to that peer is not queued again, unless the peer shows it lost it (a
 gap re-ask names the start of a batch we sent, or it asks again after `request_timeout`). The
-queue is served in steps of `serve_step` bytes per peer: one step at the end of each batch of
-work, the rest when the driver calls `serve()` (it sets `wake` to hear that work waits), so
-its event loop gets a turn between steps. Origins a peer claims that we hold nothing of are
-remembered up to `claims_per_peer`, and asked of it at most `new_origin_window` at a time; a
-claim it does not deliver within `request_timeout` is forgotten and halves that window.
+queue is served in steps of `serve_step` bytes or `serve_frames` batches per peer: one step
+at the end of each batch of work, the rest when the driver calls `serve()` (it sets `wake` to
+hear that work waits), so its event loop gets a turn between steps. Origins a peer claims
+that we hold nothing of are remembered up to `claims_per_peer`, and asked of it at most
+`new_origin_window` at a time; a claim it does not deliver within `request_timeout` is
+forgotten and halves that window.
 Repeated faults are logged once per peer through `QuietLog`, then counted.
 
 Forks (two validly signed chains of one origin) are found when a run does not link to ours
@@ -538,6 +539,13 @@ class Node:
             raise LocalError(f"meta key {key!r} is the engine's own")
         self._check_open()
         self._store.set_meta(key, value)
+
+    def set_meta_many(self, items: dict[str, Any]) -> None:
+        """`set_meta` for many keys, in one transaction."""
+        if "seed" in items or "group" in items:
+            raise LocalError("meta keys 'seed' and 'group' are the engine's own")
+        self._check_open()
+        self._store.set_meta_many(items)
 
     def peers(self) -> list[dict[str, object]]:
         return [
@@ -1092,10 +1100,12 @@ class Node:
             peer.queued -= max(0, r.end - r.pos)
 
     def _serve_step(self, peer: _Peer, budget: int) -> None:
-        """Send `peer` queued batches, origins in turn, until `budget` bytes went out."""
-        spent = 0
+        """Send `peer` queued batches, origins in turn, until `budget` bytes or
+        `serve_frames` batches went out."""
+        spent = frames = 0
         try:
-            while peer.queue and spent < budget and not peer.closed:
+            while (peer.queue and spent < budget and frames < self.config.serve_frames
+                   and not peer.closed):
                 origin = next(iter(peer.queue))
                 ranges = peer.queue[origin]
                 r = ranges[0]
@@ -1118,6 +1128,7 @@ class Node:
                     frame = wire.encode(wire.Notes(origin, r.pos, prev, tuple(bodies), sig))
                     self._send_frame(peer, frame)
                     spent += len(frame)
+                    frames += 1
                     sent = peer.sent.get(origin)
                     if sent is not None:
                         sent.starts.append(r.pos)

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import cbor2
 
 from .appnote import app_of
+from .config import Config
 from .errors import StoreDamaged, StoreError, StoreFull, StoreInUse
 from .identity import GENESIS, ID_SIZE, SIG_SIZE, note_id, verify
 
@@ -265,8 +266,8 @@ class Store:
         path: str | os.PathLike[str] | None = None,
         *,
         fsync: bool = False,
-        wal_bytes: int = 64 * 1024 * 1024,
-        wal_min: int = 4 * 1024 * 1024,
+        wal_bytes: int = Config.wal_bytes,
+        wal_min: int = Config.wal_min,
     ):
         self.path = None if path is None else os.fspath(path)
         #: origin -> seqnos whose stored note failed its hash link (left out of every read)
@@ -341,6 +342,11 @@ class Store:
             return  # opening a store to read it writes nothing (and closes at once)
         with self._errors("cannot write store"):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def set_meta_many(self, items: dict[str, Any]) -> None:
+        """Write many meta rows in one transaction (one commit, not one each)."""
+        with self._errors("cannot write store"), self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", items.items())
 
     def is_empty(self) -> bool:
         """Whether the file holds nothing at all (no identity, no notes): new, or emptied."""
