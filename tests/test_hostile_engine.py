@@ -255,6 +255,48 @@ def test_a_want_asked_again_after_request_timeout_is_served_again() -> None:
     assert any(isinstance(m, wire.Notes) for m in ch.messages())
 
 
+class UnreadChannel(ManualChannel):
+    """A link whose peer reads nothing: every frame sent stays in its `backlog` until the
+    test says the peer read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backlog = 0
+
+    def send(self, frame: bytes) -> None:
+        super().send(frame)
+        self.backlog += len(frame)
+
+
+def test_a_peer_that_reads_nothing_holds_at_most_peer_backlog_bytes() -> None:
+    config = Config(peer_backlog=256 * 1024)
+    node = Node(config=config)
+    with node.batch():
+        for i in range(20_000):  # about 2 MB of notes
+            node.publish(f"{i:>100}")
+    ch = UnreadChannel()
+    node.connect(ch)
+    ch.feed(wire.encode(wire.Hello(wire.VERSION, b"", SigningKey(b"\x02" * 32).public, {}, {},
+                                   (), True)))
+    for start in range(0, 20_000, 1000):  # distinct ranges: each is served once
+        ch.feed(wire.encode(wire.Want(node.id, start, start + 1000)))
+    while node.serve():
+        pass
+    held = ch.backlog
+    assert node.serve_queued and node.stats.backlog_waits > 0  # the rest waits, as ranges
+    # a step stops at the bound, past it by at most one batch
+    assert config.peer_backlog <= held <= config.peer_backlog + config.batch_bytes + 4096, held
+    for _ in range(10):
+        assert not node.serve() and ch.backlog == held  # asking again sends nothing more
+    ch.backlog = 0  # the peer read it all: serving goes on where it stopped
+    while node.serve_queued:
+        node.serve()
+        assert ch.backlog <= config.peer_backlog + config.batch_bytes + 4096
+        ch.backlog = 0
+    sent = [m for m in ch.messages() if isinstance(m, wire.Notes)]
+    assert sorted(s for m in sent for s in range(m.start, m.end)) == list(range(20_000))
+
+
 def test_a_walk_back_lets_the_asker_have_again_what_it_turned_down_once() -> None:
     """A peer whose chain differs from ours (a fork) turns our batch down, walks back to find
     the split, then asks again for what it turned down: served, once a request_timeout."""

@@ -554,6 +554,22 @@ def attack_want(args: argparse.Namespace) -> Row:
         return row
 
 
+def attack_backlog(args: argparse.Namespace) -> Row:
+    """(2) Bytes queued to one peer: the victim's whole log asked for in distinct ranges,
+    again every second, by a member that reads nothing for a while."""
+    with World("backlog") as w:
+        victim, honest = pair(w, args.backlog_notes, args.body)
+        spec = {"code": w.group.join_code, "victim": victim.listen, "origin": victim.node,
+                "end": args.backlog_notes, "step": DEFAULT.batch_notes, "reask": 1.0,
+                "stall": args.backlog_stall, "rcvhwm": 16, "seconds": args.backlog_seconds}
+        row, out = measure("backlog", victim, honest, positioned(w, "backlog", spec), args)
+        size = args.backlog_notes * args.body / 1e6
+        row.extra = (f"{out['wants']:,} WANTs in {out['rounds']} rounds for {size:.0f} MB of "
+                     f"notes, {args.backlog_stall:g} s unread; got {out['bytes_in'] / 1e6:,.1f}"
+                     " MB back")
+        return row
+
+
 def attack_heads(args: argparse.Namespace) -> Row:
     """(3) HEADS claiming many fake origins, never served."""
     with World("heads") as w:
@@ -671,7 +687,8 @@ def attack_bulk(args: argparse.Namespace) -> Row:
 
 
 ATTACKS: dict[str, Callable[[argparse.Namespace], Row]] = {
-    "origins": attack_origins, "want": attack_want, "heads": attack_heads, "hi": attack_hi,
+    "origins": attack_origins, "want": attack_want, "backlog": attack_backlog,
+    "heads": attack_heads, "hi": attack_hi,
     "mdns": attack_mdns, "reads": attack_reads, "bulk": attack_bulk}
 
 
@@ -707,7 +724,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack", action="append", choices=list(ATTACKS),
                    help="run only this attack (repeatable); default: all, in this order")
     p.add_argument("--body", type=int, default=1000, help="note body bytes where the victim "
-                   "holds notes up front (want, reads)")
+                   "holds notes up front (want, backlog, reads)")
     p.add_argument("--stop-timeout", type=float, default=5.0, help="SIGTERM, then SIGKILL")
     p.add_argument("--recover-timeout", type=float, default=10.0,
                    help="how long to wait for the victim to answer promptly again")
@@ -725,6 +742,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--want-stall", type=float, default=2.0, metavar="S",
                    help="want: after sending, read nothing for S seconds, then read all")
     p.add_argument("--want-seconds", type=float, default=5.0)
+    p.add_argument("--backlog-notes", type=int, default=60_000,
+                   help="backlog: the victim's own notes, all asked for, again and again")
+    p.add_argument("--backlog-stall", type=float, default=8.0, metavar="S",
+                   help="backlog: read nothing for S seconds, then read all")
+    p.add_argument("--backlog-seconds", type=float, default=12.0)
     p.add_argument("--fake-origins", type=int, default=200_000, help="heads: origins claimed")
     p.add_argument("--heads-per-frame", type=int, default=min(4000, HEADS_PAGE),
                    help="heads: origins per HEADS frame (at most Config.heads_page)")

@@ -7,7 +7,7 @@ lines on stdout: {"event": "ready"} once it is in position (linked, where it lin
 measured window starts there), then {"event": "done", ...} with what it sent and received.
 It stops on its own once its `seconds` are up; its parent stops it by pid if it does not.
 
-The member attacks (origins, want, heads, hi) hold the join code, as a stolen laptop would:
+The member attacks (origins, want, backlog, heads, hi) hold the join code, as a stolen laptop would:
 `RawMember` speaks the mesh's framing (HI / DATA) over real CurveZMQ sockets, with its own
 node key, and the engine's messages built with zflood.wire and signed with zflood.identity,
 so it follows the protocol's public formats as they evolve. It does none of the engine's
@@ -17,6 +17,8 @@ Actions:
   origins  link, then push one validly signed note from each of N fresh origins
   want     link, then ask N times (or for S seconds) for the same large range of the
            victim's own log; optionally read nothing for a while (a peer that stalls)
+  backlog  link, then ask for the victim's whole log in distinct ranges, again and again,
+           reading nothing for a while (bytes queued to one peer)
   heads    link, then claim N fake origins in HEADS frames (never serve them)
   hi       bogus HIs from a code holder (naming others; a new nonce each time) and garbage
            from a stranger on raw TCP connections
@@ -236,6 +238,26 @@ def want(spec: Spec) -> None:
     member_attack(spec, body)
 
 
+def backlog(spec: Spec) -> None:
+    """Ask for the victim's whole log in distinct ranges of `step` notes, again every `reask`
+    seconds (a WANT asked again after the victim's request_timeout is served again), while
+    reading nothing for `stall` seconds; then read what comes."""
+    origin, step, end = bytes.fromhex(spec["origin"]), spec["step"], spec["end"]
+    frames = [wire.encode(wire.Want(origin, s, min(s + step, end))) for s in range(0, end, step)]
+
+    def body(m: RawMember, _end: float) -> dict[str, Any]:
+        rounds = 0
+        stall_end = time.monotonic() + spec["stall"]
+        while (left := stall_end - time.monotonic()) > 0:
+            for frame in frames:
+                m.send(frame)
+            rounds += 1
+            m.stall(min(spec["reask"], left))
+        return {"wants": rounds * len(frames), "rounds": rounds}
+
+    member_attack(spec, body)
+
+
 def heads(spec: Spec) -> None:
     rng = random.Random(spec.get("seed", 8))
     per_frame = spec["per_frame"]
@@ -365,7 +387,8 @@ def mdns(spec: Spec) -> None:
 
 
 ACTIONS: dict[str, Callable[[Spec], None]] = {
-    "origins": origins, "want": want, "heads": heads, "hi": hi, "reads": reads, "mdns": mdns}
+    "origins": origins, "want": want, "backlog": backlog, "heads": heads, "hi": hi,
+    "reads": reads, "mdns": mdns}
 
 
 def main() -> None:

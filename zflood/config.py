@@ -85,6 +85,15 @@ class Config:
     reconnect: float = 0.5
     #: Frames queued towards one peer before ZeroMQ drops (the engine recovers losses).
     send_hwm: int = 10_000
+    #: Frames to a peer this large are handed to ZeroMQ uncopied and tracked until it lets
+    #: them go (about 10 us a frame; smaller ones are copied, bounded by send_hwm) ...
+    peer_track_from: int = 1 * KiB
+    #: ... and notes are not served to a peer while ZeroMQ holds this many tracked bytes for
+    #: it (it does not read): one peer holds at most this plus one serve step, and send_hwm
+    #: small frames. An honest sync asks window_batches batches at a time, well under it.
+    peer_backlog: int = 8 * MiB
+    #: How often serving looks again at a peer whose backlog was full.
+    backlog_poll: float = 0.05
     #: The mesh reader handles at most this many messages in one go before the event loop
     #: gets a turn (the local API, the timers, the watchdog), fewer as it learns how many
     #: the engine takes in burst_time (a one-note run from a new origin costs a verify and
@@ -172,6 +181,9 @@ class Config:
                self.serve_frames) < 1:
             raise ValueError(
                 "burst_messages, dial_slots, dial_attempts, hi_burst, serve_frames: at least 1")
+        if min(self.peer_track_from, self.peer_backlog) < 1 or self.backlog_poll <= 0:
+            raise ValueError("peer_track_from and peer_backlog must be at least 1, "
+                             "backlog_poll above 0")
         if self.batch_notes < 1 or self.window_batches < 1:
             raise ValueError("batch_notes and window_batches must be at least 1")
         if self.max_frame < self.batch_bytes + self.max_body + 64 * KiB:

@@ -204,12 +204,20 @@ class Daemon:
         steps (the engine serves one step itself at the end of each batch of frames)."""
         work = asyncio.Event()
         node.wake = work.set
+        poll = node.config.backlog_poll
         try:
             while True:
                 await work.wait()
                 work.clear()
-                while node.serve():
-                    await asyncio.sleep(0)
+                while node.serving:
+                    if node.serve():
+                        await asyncio.sleep(0)
+                        continue
+                    # what waits is for peers that leave peer_backlog bytes unread: look
+                    # again soon, or at once when new work comes
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(work.wait(), poll)
+                    work.clear()
         finally:
             node.wake = None
 
@@ -306,6 +314,10 @@ class Daemon:
             "pub": self.local.pub_endpoints,
             "control": self.local.control_endpoints,
             "mesh": self.mesh.stats(),  # what its bounds hold and have refused
+            # notes peers asked for that wait, and how often a peer that does not read held
+            # serving back
+            "serve": {"queued_notes": self.node.serve_queued,
+                      "backlog_waits": self.node.stats.backlog_waits},
             "peers": peer_rows(self.mesh.links(), engine_peers, self.node.heads, self.members,
                                time.time()),
             "sync": self.sync_report().as_dict(),

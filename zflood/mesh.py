@@ -24,6 +24,10 @@ The reader hands the loop back between bursts bounded in messages, bytes and tim
 receive that is already complete never yields, so without that a bulk sync would hold the
 loop (the local API, the timers, the systemd watchdog) until the queue ran dry.
 
+What waits for one peer is bounded in bytes: frames of `peer_track_from` or more are tracked
+until ZeroMQ lets them go (`zflood.held`), and `Link.backlog` tells the engine, which stops
+serving a peer that leaves `peer_backlog` unread.
+
 One Mesh per zmq context: the ZAP handler is the context's, and it refuses any other socket
 of that context that asks it (one with a ZAP domain set).
 """
@@ -47,6 +51,7 @@ from . import liveness
 from .config import DEFAULT, Config
 from .endpoints import tcp_port
 from .errors import LocalError
+from .held import Held
 from .identity import Group, SigningKey, x25519_public
 from .liveness import (
     HEARING,
@@ -104,6 +109,12 @@ class Link:
         """Never blocks; a frame that finds the queue full is dropped (the engine recovers)."""
         if self.state == "connected":
             self._mesh._send(self._node, DATA, frame)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of frames of `peer_track_from` or more that ZeroMQ still holds for the peer
+        (the engine stops serving it past `peer_backlog`)."""
+        return self._mesh._held.held(self._node)
 
     def on_receive(self, callback: Callable[[bytes], None]) -> None:
         if self._receiver is not None:
@@ -166,6 +177,7 @@ class Mesh:
                        z85.encode(group.curve_server_public))
         self.liveness = Liveness(self.node, config)
         self._dealers: dict[bytes, _Socket] = {}  # node -> our DEALER to it
+        self._held: Held[bytes] = Held()  # node -> bytes its DEALER still holds
         self._links: dict[bytes, Link] = {}
         self._knockers: dict[str, _Socket] = {}  # static peer endpoint -> knocker DEALER
         self._router: zmq.asyncio.Socket | None = None
@@ -249,8 +261,10 @@ class Mesh:
         return self.liveness.links(self._now())
 
     def stats(self) -> dict[str, int]:
-        """What the liveness bounds hold and have refused (records waiting, HIs dropped)."""
-        return {**self.liveness.stats(), "sockets": len(self._dealers) + len(self._knockers)}
+        """What the liveness bounds hold and have refused (records waiting, HIs dropped), and
+        the bytes ZeroMQ holds for peers (`held_bytes`)."""
+        return {**self.liveness.stats(), "sockets": len(self._dealers) + len(self._knockers),
+                "held_bytes": self._held.total()}
 
     async def close(self) -> None:
         """BYE to every peer, close every link and socket, stop every task."""
@@ -270,6 +284,7 @@ class Mesh:
                 dealer.send_multipart([BYE], zmq.NOBLOCK)
             dealer.close(linger=_BYE_LINGER_MS)
         self._dealers.clear()
+        self._held = Held()
         for dealer in self._knockers.values():
             dealer.close(linger=0)
         self._knockers.clear()
@@ -291,6 +306,7 @@ class Mesh:
                     old = self._dealers.pop(node, None)
                     if old is not None:
                         old.close(linger=0)
+                        self._held.forget(node)
                     dealer = self._dealer(self.node, endpoint)
                     if dealer is None:
                         self.liveness.dial_failed(node)
@@ -301,6 +317,7 @@ class Mesh:
                     old = self._dealers.pop(node, None)
                     if old is not None:
                         old.close(linger=_BYE_LINGER_MS if linger else 0)
+                        self._held.forget(node)
                 case liveness.LinkUp(node):
                     if not self._closed:
                         self._link_up(node)
@@ -342,6 +359,7 @@ class Mesh:
         dealer: _Socket = zmq.Socket(self._ctx, zmq.DEALER)
         dealer.linger = 0
         dealer.sndhwm = dealer.rcvhwm = self._config.send_hwm
+        dealer.copy_threshold = self._config.peer_track_from  # smaller frames are copied
         # After a partition the kernel would retry a stalled connection with exponential
         # backoff (22 s and more between tries after a 30 s outage), and the link would heal
         # only then. Give up on unacknowledged data after peer_timeout instead: ZeroMQ then
@@ -361,10 +379,17 @@ class Mesh:
 
     def _send(self, node: bytes, kind: bytes, payload: bytes | None = None) -> None:
         dealer = self._dealers.get(node)
-        if dealer is not None:
-            message = [kind] if payload is None else [kind, payload]
-            with contextlib.suppress(zmq.Again):  # full queue: drop, the engine recovers
-                dealer.send_multipart(message, zmq.NOBLOCK)
+        if dealer is None:
+            return
+        with contextlib.suppress(zmq.Again):  # full queue: drop, the engine recovers
+            if payload is None:
+                dealer.send_multipart([kind], zmq.NOBLOCK)
+            elif len(payload) < self._config.peer_track_from:
+                dealer.send_multipart([kind, payload], zmq.NOBLOCK)
+            else:  # counted in bytes until ZeroMQ lets it go: see zflood.held
+                tracker = dealer.send_multipart([kind, payload], zmq.NOBLOCK, copy=False,
+                                                track=True)
+                self._held.add(node, tracker, len(payload))
 
     def _send_hi(self, dealer: _Socket, hears: int) -> None:
         hi = hi_payload(self.node, self._port, self._nonce, hears)

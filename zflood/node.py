@@ -27,10 +27,12 @@ already queued or sent to that peer is not queued again, unless the peer shows i
 gap re-ask names the start of a batch we sent, or it asks again after `request_timeout`). The
 queue is served in steps of `serve_step` bytes or `serve_frames` batches per peer: one step
 at the end of each batch of work, the rest when the driver calls `serve()` (it sets `wake` to
-hear that work waits), so its event loop gets a turn between steps. Origins a peer claims
-that we hold nothing of are remembered up to `claims_per_peer`, and asked of it at most
-`new_origin_window` at a time; a claim it does not deliver within `request_timeout` is
-forgotten and halves that window.
+hear that work waits), so its event loop gets a turn between steps. A peer whose channel still
+holds `peer_backlog` bytes we sent (a channel may say, as `backlog`) is served no more until
+it reads them: what one peer keeps queued is bounded in bytes, not only in frames.
+Origins a peer claims that we hold nothing of are remembered up to `claims_per_peer`, and
+asked of it at most `new_origin_window` at a time; a claim it does not deliver within
+`request_timeout` is forgotten and halves that window.
 Repeated faults are logged once per peer through `QuietLog`, then counted.
 
 Forks (two validly signed chains of one origin) are found when a run does not link to ours
@@ -86,6 +88,13 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+def _backlog(channel: Channel) -> int:
+    """A channel may carry `backlog`, the bytes it still holds unsent (the mesh's links do);
+    notes are not served to a peer whose channel holds `peer_backlog` of them."""
+    held = getattr(channel, "backlog", 0)
+    return held if isinstance(held, int) else 0
+
+
 def _authenticated(channel: Channel) -> bytes | None:
     """A channel may carry `node`, the peer's id as its transport authenticated it (the mesh's
     CurveZMQ links do); then a hello naming any other node closes the channel."""
@@ -108,6 +117,7 @@ class Stats:
     signatures: int = 0
     verifies: int = 0
     channels_closed_on_error: int = 0
+    backlog_waits: int = 0  # serve steps that stopped: the peer's channel held peer_backlog
     wants_refused: int = 0  # WANTs for ranges already queued or sent to that peer
     wants_reserved: int = 0  # re-asks served again: the peer showed it lost what we sent
     wants_overflow: int = 0  # WANTs refused because that peer's serve queue was full
@@ -413,14 +423,18 @@ class Node:
 
     def serve(self, budget: int | None = None) -> bool:
         """Send each peer up to `budget` bytes (default `serve_step`) of what it asked for;
-        True while more waits. A driver calls this again after its event loop had a turn."""
+        True while more waits that can go now. A driver calls this again after its event loop
+        had a turn, and, while `serving` stays true after a False (what waits is for peers
+        whose channels hold `peer_backlog` bytes unsent), after `backlog_poll`."""
         if self._closed:
             return False
         step = self.config.serve_step if budget is None else budget
+        more = False
         for peer in list(self._peers):
             if peer.queue:
                 self._serve_step(peer, step)
-        return self.serving
+                more = more or (bool(peer.queue) and not self._held_back(peer))
+        return more
 
     @property
     def serve_queued(self) -> int:
@@ -1095,6 +1109,10 @@ class Node:
             sent.end = max(sent.end, end)
             sent.at = now
 
+    def _held_back(self, peer: _Peer) -> bool:
+        """Its channel still holds `peer_backlog` bytes we sent (the peer does not read)."""
+        return _backlog(peer.channel) >= self.config.peer_backlog
+
     def _unqueue(self, peer: _Peer, origin: bytes) -> None:
         for r in peer.queue.pop(origin, ()):
             peer.queued -= max(0, r.end - r.pos)
@@ -1106,6 +1124,9 @@ class Node:
         try:
             while (peer.queue and spent < budget and frames < self.config.serve_frames
                    and not peer.closed):
+                if self._held_back(peer):
+                    self.stats.backlog_waits += 1
+                    break
                 origin = next(iter(peer.queue))
                 ranges = peer.queue[origin]
                 r = ranges[0]

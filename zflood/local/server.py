@@ -34,7 +34,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,6 +44,7 @@ import zmq.asyncio
 from ..appnote import app_of
 from ..endpoints import tcp_parts
 from ..errors import LocalError
+from ..held import Held
 from ..node import Node
 from ..quietlog import QuietLog
 from ..store import Note
@@ -60,37 +60,22 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class Outbox:
-    """Reply bytes ZeroMQ still holds, per control client (its ROUTER routing id)."""
+    """Reply bytes ZeroMQ still holds, per control client (its ROUTER routing id), and whether
+    a client's next request is answered."""
 
     def __init__(self, per_client: int, total: int, reply: int) -> None:
         self.per_client = per_client
         self.total = total
         self.reply = reply  # the largest reply
-        self._held: dict[bytes, deque[tuple[zmq.MessageTracker, int]]] = {}
-        self._bytes: dict[bytes, int] = {}
-        self._sum = 0
+        self._held: Held[bytes] = Held()
 
     def held(self, client: bytes) -> int:
         """Bytes of replies to `client` that ZeroMQ has not let go yet."""
-        queue = self._held.get(client)
-        if queue is None:
-            return 0
-        freed = 0
-        while queue and queue[0][0].done:  # one connection's messages go out in order
-            freed += queue.popleft()[1]
-        left = self._bytes[client] - freed
-        self._sum -= freed
-        if queue:
-            self._bytes[client] = left
-        else:
-            del self._held[client], self._bytes[client]
-        return left
+        return self._held.held(client)
 
     def queued(self) -> int:
         """Bytes held for all clients together."""
-        for client in list(self._held):
-            self.held(client)
-        return self._sum
+        return self._held.total()
 
     @property
     def clients(self) -> int:
@@ -107,14 +92,11 @@ class Outbox:
             return True
         if held >= self.per_client:
             return False
-        return self._sum + pending < self.total or self.queued() + pending < self.total
+        return (self._held.last_sum + pending < self.total
+                or self.queued() + pending < self.total)
 
     def sent(self, client: bytes, tracker: zmq.MessageTracker, size: int) -> None:
-        if tracker.done:
-            return
-        self._held.setdefault(client, deque()).append((tracker, size))
-        self._bytes[client] = self._bytes.get(client, 0) + size
-        self._sum += size
+        self._held.add(client, tracker, size)
 
 
 class LocalAPI:
