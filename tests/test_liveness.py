@@ -375,3 +375,40 @@ def test_a_peer_that_restarts_twice_in_a_row_is_relinked_after_peer_timeout() ->
         wire.tick(t)
         assert t <= 2.0 + 2 * CFG.peer_timeout, "a restarted peer was never relinked"
     print(f"relinked at t={t}")
+
+
+def test_node_ids_minted_by_one_member_are_taken_up_to_members_per_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A code holder minting node ids (each a CURVE key of its own) from one address: at most
+    members_per_host are dialled back, the rest are dropped (logged once, counted) and refused
+    at the handshake, a member at another address is taken at once, and a minted id that
+    goes silent frees its place."""
+    cfg = replace(CFG, members_per_host=4)
+    a = Side(1, cfg)
+    minted = [SigningKey().public for _ in range(50)]
+    dialled = []
+    with caplog.at_level(logging.INFO, logger="zflood.liveness"):
+        for i, node in enumerate(minted):
+            hi = hi_payload(node, 9000 + i, bytes(16), NOT_HEARING)
+            out = a.lv.hi(0.1, node, uid(node), "10.0.0.9", hi)
+            dialled += [x.node for x in out if isinstance(x, Dial)]
+    assert dialled == minted[:4]
+    assert a.lv.counters.members_refused == 46
+    assert len([r for r in caplog.records if "members at 10.0.0.9" in r.getMessage()]) == 1
+    assert not a.lv.admits(uid(minted[10]), "10.0.0.9")  # ZAP refuses the rest's handshakes
+    assert a.lv.admits(uid(minted[0]), "10.0.0.9")  # those taken keep theirs
+    honest = SigningKey().public
+    assert a.lv.admits(uid(honest), "10.0.0.2")
+    out = a.lv.hi(0.2, honest, uid(honest), "10.0.0.2", hi_payload(honest, 1, bytes(16), 0))
+    assert Dial(honest, "tcp://10.0.0.2:1") in out
+    # the minted ones go silent (the honest one keeps its HIs coming): their places free up
+    t = 0.2
+    while t < 0.2 + cfg.peer_timeout + 1:
+        t += 0.5
+        a.lv.hi(t, honest, uid(honest), "10.0.0.2", hi_payload(honest, 1, bytes(16), 0))
+        a.lv.tick(t)
+    assert a.lv.admits(uid(minted[10]), "10.0.0.9")
+    out = a.lv.hi(t, minted[10], uid(minted[10]), "10.0.0.9",
+                  hi_payload(minted[10], 9010, bytes(16), NOT_HEARING))
+    assert Dial(minted[10], "tcp://10.0.0.9:9010") in out

@@ -687,3 +687,24 @@ def test_a_members_hi_flood_is_dropped_past_its_rate_logged_once_and_others_keep
         await close_all(a, b)
 
     net.run(main)
+
+
+def test_a_new_key_from_an_address_holding_members_per_host_fails_the_handshake(
+    net: Net,
+) -> None:
+    """Node ids minted by a code holder: past members_per_host at one address, the ZAP
+    handler refuses new keys from it, so they cost no connection; known members still link."""
+    async def main() -> None:
+        group = Group.new()
+        a = await net.member(group, config=replace(FAST, members_per_host=1))
+        b = await net.member(group)
+        ab, ba = await pair(a, b)  # b fills 127.0.0.1's one place
+        minted = curve_dealer(a.ctx, group.curve_server_public, os.urandom(8))
+        handshakes = Handshakes(minted)
+        minted.connect(a.endpoint)
+        await handshakes.failures(1)  # refused by ZAP (with this key it would pass)
+        minted.close()
+        await assert_flows(ab, ba)
+        await close_all(a, b)
+
+    net.run(main)

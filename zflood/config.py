@@ -114,6 +114,10 @@ class Config:
     hi_burst: int = 100
     #: Senders whose HI rate is tracked at once.
     hi_senders: int = 1024
+    #: Members taken from one address (IP) at once. A member gone bad can mint node ids,
+    #: each with a CURVE key of its own, and each would cost a DEALER, a connection and a
+    #: link; a household runs one daemon per group per machine (tests run a few on 127.0.0.1).
+    members_per_host: int = 16
     #: Announced records never heard from (anyone can announce one): at most this many
     #: dialled at once ...
     dial_slots: int = 16
@@ -178,9 +182,9 @@ class Config:
 
     def __post_init__(self) -> None:
         if min(self.burst_messages, self.dial_slots, self.dial_attempts, self.hi_burst,
-               self.serve_frames) < 1:
-            raise ValueError(
-                "burst_messages, dial_slots, dial_attempts, hi_burst, serve_frames: at least 1")
+               self.serve_frames, self.members_per_host) < 1:
+            raise ValueError("burst_messages, dial_slots, dial_attempts, hi_burst, "
+                             "serve_frames, members_per_host: at least 1")
         if min(self.peer_track_from, self.peer_backlog) < 1 or self.backlog_poll <= 0:
             raise ValueError("peer_track_from and peer_backlog must be at least 1, "
                              "backlog_poll above 0")

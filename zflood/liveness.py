@@ -26,8 +26,12 @@ it is forgotten; at most `max_candidates` such records are held (the oldest go).
 alternately to the newest record (a member that just appeared) and the one waiting longest.
 A node that has once sent us a valid HI holds the group key and its own: it is dialled freely.
 HIs are taken from each sender (CURVE key) at `hi_rate` a second with bursts of `hi_burst`;
-the rest are dropped and counted. Every fault a peer can repeat is logged through one
-`QuietLog`: once, then counted, then summarised.
+the rest are dropped and counted. A code holder can mint node ids, each with a key of its
+own: at most `members_per_host` members are taken from one address at once (HIs of new ones
+beyond are dropped and counted, and `admits` tells the mesh's ZAP handler to refuse their
+handshakes, so they cost no connection either); one that goes silent frees its place.
+Every fault a peer can repeat is logged through one `QuietLog`: once, then counted, then
+summarised.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class _Peer:
     they_hear: bool = False
     heard_us_at: float = 0.0  # last HI saying it hears us, or when we last (re)dialled it
     seen_at: str = ""  # its ROUTER at the address its connections come from
+    host: str = ""  # the address its connections come from, once it is proven
     restarted_at: float | None = None  # when its nonce last changed
     linked: bool = False
     since: float | None = None  # when it was first heard of, or its link came up or went down
@@ -168,6 +173,7 @@ class Counters:
     his_dropped: int = 0  # over a sender's HI rate
     trials_failed: int = 0  # an unproven record's dial that got no HI in time
     records_forgotten: int = 0  # unproven records given up (tries spent, or evicted)
+    members_refused: int = 0  # HIs of new node ids from a host that has members_per_host
 
 
 @dataclass
@@ -195,6 +201,7 @@ class Liveness:
         self._cut: set[bytes] = set()
         self._knockers: dict[str, bytes] = {}  # static peer endpoint -> knocker routing id
         self._buckets: dict[str, _Bucket] = {}
+        self._hosts: dict[str, set[bytes]] = {}  # address -> proven nodes whose HIs come from it
         self._next_heartbeat = 0.0
 
     # -- queries ---------------------------------------------------------------------------
@@ -248,7 +255,13 @@ class Liveness:
             "his_dropped": self.counters.his_dropped,
             "trials_failed": self.counters.trials_failed,
             "records_forgotten": self.counters.records_forgotten,
+            "members_refused": self.counters.members_refused,
         }
+
+    def admits(self, user_id: str, peer_ip: str) -> bool:
+        """Whether a CURVE handshake with key `user_id` (hex) from `peer_ip` is let through:
+        a member we know, or a new one from an address with room (`members_per_host`)."""
+        return user_id in self._by_user or self._has_room(peer_ip)
 
     # -- events from discovery, configuration and the local API -----------------------------
 
@@ -371,8 +384,15 @@ class Liveness:
             return out
         if node in self._cut:
             return out
+        if (peer is None or not peer.proven) and not self._has_room(peer_ip):
+            self.counters.members_refused += 1
+            self.quiet.fault(now, "members from one host", peer_ip,
+                             "more than %d members at %s (node ids minted by one member?):"
+                             " ignoring new ones, %s first", self.config.members_per_host,
+                             peer_ip, short(node))
+            return out
         peer = self._peer(node, now)
-        self._prove(peer, user_id)
+        self._prove(peer, user_id, peer_ip)
         restarted = peer.nonce is not None and peer.nonce != nonce
         if restarted:
             if peer.restarted_at is not None and now - peer.restarted_at < self.config.peer_timeout:
@@ -528,12 +548,19 @@ class Liveness:
                          "dropped a message from unknown %s %s", user_id[:12], peer_ip,
                          level=logging.DEBUG)
 
-    def _prove(self, peer: _Peer, user_id: str) -> None:
+    def _has_room(self, host: str) -> bool:
+        return len(self._hosts.get(host, ())) < self.config.members_per_host
+
+    def _prove(self, peer: _Peer, user_id: str, host: str) -> None:
         """A valid HI of its own: a member, dialled freely from now on, and the sender of
         whatever comes with its CURVE key."""
         if not peer.user_id:
             peer.user_id = user_id
             self._by_user[user_id] = peer
+        if peer.host != host:  # first heard, or moved (a laptop on another network)
+            self._unhost(peer)
+            peer.host = host
+            self._hosts.setdefault(host, set()).add(peer.node)
         if not peer.proven:
             peer.proven = True
             peer.tries = 0
@@ -580,6 +607,15 @@ class Liveness:
         self._peers.pop(peer.node, None)
         if peer.user_id:
             self._by_user.pop(peer.user_id, None)
+        self._unhost(peer)
+
+    def _unhost(self, peer: _Peer) -> None:
+        nodes = self._hosts.get(peer.host)
+        if nodes is not None:
+            nodes.discard(peer.node)
+            if not nodes:
+                del self._hosts[peer.host]
+        peer.host = ""
 
     def _send_hi_to(self, peer: _Peer, out: list[Action]) -> None:
         if peer.dialled:

@@ -408,13 +408,20 @@ class Mesh:
             address, _, version, request_id, domain, peer_ip, _, mechanism, *creds = request
             if version != b"1.0":
                 continue
-            if domain == ZAP_DOMAIN and mechanism == b"CURVE" and len(creds) == 1:
-                reply = [b"200", b"OK", creds[0].hex().encode()]
-            else:
+            user_id = creds[0].hex() if len(creds) == 1 else ""
+            if domain != ZAP_DOMAIN or mechanism != b"CURVE" or not user_id:
                 refusals.fault(self._now(), "refused handshake", repr(peer_ip),
                                "refused a %r handshake from %r", mechanism, peer_ip,
                                level=logging.INFO)
                 reply = [b"400", b"CURVE in the zflood domain only", b""]
+            elif not self.liveness.admits(user_id, peer_ip.decode(errors="replace")):
+                refusals.fault(self._now(), "refused member", repr(peer_ip),
+                               "refused the handshake of a new member at %s: it has %d",
+                               peer_ip.decode(errors="replace"),
+                               self._config.members_per_host, level=logging.INFO)
+                reply = [b"400", b"too many members at this address", b""]
+            else:
+                reply = [b"200", b"OK", user_id.encode()]
             await zap.send_multipart([address, b"", b"1.0", request_id, *reply, b""])
 
     async def _receive(self, router: zmq.asyncio.Socket) -> None:
