@@ -254,6 +254,31 @@ def test_the_losing_note_is_kept_as_evidence_and_shown_where_it_was_delivered() 
     assert report[0]["seqno"] == 1 and report[0]["origin"] == x.id.hex()
 
 
+def test_a_note_kept_off_the_chain_whose_bytes_changed_is_not_shown() -> None:
+    """A note shown here before it left its chain is read from `dropped`; damage there is
+    caught by the same hash-link check as on the chain, and counted."""
+    for _ in range(100):  # the branch seen first must lose, to be shown from `dropped`
+        x, twin = two_incarnations()
+        here, there = chains(x)[x.id][1], chains(twin)[x.id][1]
+        if kept(here, there) == there:
+            break
+    m = Member(Node())
+    sim = Sim(4)
+    end = sim.connect_nodes(x, m.node)
+    sim.run_until_quiescent()
+    end.close()
+    sim.connect_nodes(twin, m.node)
+    sim.run_until_quiescent()
+    db = m.node._store._db  # the file's bytes changing under us, as a bit flip would
+    (body,) = db.execute("SELECT body FROM dropped WHERE idx IS NOT NULL").fetchone()
+    altered = body.replace("one", "ONE")
+    db.execute("UPDATE dropped SET body = ?, shown = ? WHERE idx IS NOT NULL", (altered, altered))
+    bodies = [n.body for n in m.node.notes()]
+    assert altered not in bodies and body not in bodies
+    assert body == "one, here" and sorted(bodies) == ["one, there", "zero"]
+    assert m.node.store_status["damaged_off_chain"] == 1
+
+
 def test_an_origin_whose_restored_branch_wins_gets_the_other_back_and_publishes_it_again(
 ) -> None:
     """The restored branch wins at the split (the rule favours neither): members that

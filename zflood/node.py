@@ -1358,11 +1358,13 @@ class Node:
     @property
     def store_status(self) -> dict[str, object]:
         """Our store's health for `status`: whether we are storing, the last write error
-        until a write succeeds, and the damaged notes found (by origin) awaiting repair."""
+        until a write succeeds, the damaged notes found (by origin) awaiting repair, and
+        how many notes kept off their chain (forks) were found damaged and are not shown."""
         return {
             "storing": not self._paused,
             "error": self._store_fault,
             "damaged": {o.hex(): len(s) for o, s in self._store.damaged.items()},
+            "damaged_off_chain": len(self._store.damaged_off_chain),
             "wal_bytes": self._store.wal_size(),
             "wal_bound": self._store.wal_bound,
         }

@@ -272,6 +272,9 @@ class Store:
         self.path = None if path is None else os.fspath(path)
         #: origin -> seqnos whose stored note failed its hash link (left out of every read)
         self.damaged: dict[bytes, set[int]] = {}
+        #: notes off their chain (see forks) whose bytes no longer match their id: left out
+        #: of replay; (origin number, seqno, id)
+        self.damaged_off_chain: set[tuple[int, int, object]] = set()
         #: called once per newly damaged note with (origin, seqno)
         self.on_damage: Callable[[bytes, int], None] | None = None
         try:
@@ -814,19 +817,43 @@ class Store:
         }
 
     def _dropped_run(self, start: int, stop: int, chunk: int) -> Iterator[Note]:
-        """Notes shown here before they left their chain, by index."""
+        """Notes shown here before they left their chain, by index, each checked against its
+        hash link as chain notes are (one that fails is left out and counted)."""
         while True:
             rows = self._fetch(
-                "SELECT d.idx, o.origin, d.seqno, d.shown, d.id FROM dropped d"
+                "SELECT d.idx, o.origin, d.seqno, d.shown, d.id, d.body, d.origin FROM dropped d"
                 " JOIN origins o ON o.no = d.origin"
                 " WHERE d.idx >= ? AND d.idx < ? ORDER BY d.idx LIMIT ?",
                 (start, stop, chunk),
             )
-            for idx, origin, seq, shown, nid in rows:
-                yield Note(origin, seq, shown, nid, idx)
+            for idx, origin, seq, shown, nid, body, no in rows:
+                if self._dropped_intact(no, bytes(origin), seq, nid, body, shown):
+                    yield Note(bytes(origin), seq, shown, bytes(nid), idx)
+                elif (no, seq, nid) not in self.damaged_off_chain:
+                    self.damaged_off_chain.add((no, seq, nid))
             if len(rows) < chunk:
                 return
             start = rows[-1][0] + 1
+
+    def _dropped_intact(self, no: int, origin: bytes, seq: object, nid: object, body: object,
+                        shown: object) -> bool:
+        """Whether a note off the chain still matches its id: it links to the chain note
+        before it or to another note off the chain there (the branches split below it), and
+        the body shown is its body or the one it published again."""
+        if not (type(seq) is int and 0 <= seq <= _MAX_SEQ and _is_id(nid)
+                and isinstance(body, str | bytes) and isinstance(shown, str | bytes)):
+            return False
+        if shown != body and not (isinstance(body, bytes) and _ends_with_item(body, shown)):
+            return False
+        if seq == 0:
+            prevs: list[object] = [GENESIS]
+        else:
+            prevs = [r[0] for r in self._fetch(
+                "SELECT id FROM log WHERE k = ? UNION ALL"
+                " SELECT id FROM dropped WHERE origin = ? AND seqno = ?",
+                (((no << _SEQ_BITS) | (seq - 1)), no, seq - 1))]
+        return any(_is_id(p) and note_id(origin, seq, p, body) == nid  # type: ignore[arg-type]
+                   for p in prevs)
 
     def _fetch(self, sql: str, args: tuple[object, ...]) -> list[Any]:
         try:
