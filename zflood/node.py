@@ -1452,6 +1452,9 @@ class Node:
             row = (nid, sig if i == len(ids) - 1 else None, bodies[i])
             index = self._store.repair(origin, seqno, row)
             if index is None:
+                if (origin, seqno) in self._store.unrepairable:
+                    log.warning("%s: note %d of %s was lost from the store and cannot be put"
+                                " back in its place: it stays out", self, seqno, _h(origin))
                 continue
             repaired += 1
             self._deliver(Note(origin, seqno, bodies[i], nid, index))

@@ -66,6 +66,8 @@ _SEQ_BITS = 40  # a key is origin number << 40 | seqno: 2**40 notes per origin
 _MAX_SEQ = (1 << _SEQ_BITS) - 1
 #: Most damaged seqnos remembered per origin (a wrecked page can hold a hundred notes).
 MAX_DAMAGED = 100_000
+#: Widest gap of arrival indices searched for the one a lost note had (see Store.repair).
+_MAX_FREE_SEARCH = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -275,6 +277,8 @@ class Store:
         #: notes off their chain (see forks) whose bytes no longer match their id: left out
         #: of replay; (origin number, seqno, id)
         self.damaged_off_chain: set[tuple[int, int, object]] = set()
+        #: (origin, seqno) of damaged notes that could not be put back (no index left free)
+        self.unrepairable: set[tuple[bytes, int]] = set()
         #: called once per newly damaged note with (origin, seqno)
         self.on_damage: Callable[[bytes, int], None] | None = None
         try:
@@ -508,8 +512,10 @@ class Store:
 
     def repair(self, origin: bytes, seqno: int, row: Row) -> int | None:
         """Put back a damaged note, as a peer sent it (its chain checked and signed), at its
-        old arrival index, which is returned. None if it is not marked damaged here or its
-        row is gone."""
+        old arrival index, which is returned. A note whose row (or index) is gone gets back
+        the one index its neighbours leave free; if that cannot be found, it is given up
+        (added to `unrepairable`, no longer damaged: never asked for again). None if it is
+        not marked damaged here, or was given up."""
         bad = self.damaged.get(origin)
         no = self._origin_no.get(origin)
         if bad is None or seqno not in bad or no is None:
@@ -517,26 +523,54 @@ class Store:
         k = (no << _SEQ_BITS) | seqno
         sig = row[1]
         with self._errors("cannot write to store"):
-            if sig is None:
+            old = self._fetchone("SELECT sig, idx FROM log WHERE k = ?", (k,))
+            if sig is None and old is not None and isinstance(old[0], bytes) and verify(
+                    origin, old[0], row[0]):
                 # keep the signature stored there if it still holds (it marks where a batch
                 # as received ended); a damaged one goes
-                old = self._fetchone("SELECT sig FROM log WHERE k = ?", (k,))
-                if old is not None and isinstance(old[0], bytes) and verify(origin, old[0],
-                                                                            row[0]):
-                    sig = old[0]
-            found = self._db.execute(
-                "UPDATE log SET id = ?, sig = ?, body = ? WHERE k = ? RETURNING idx",
-                (row[0], sig, row[2], k),
-            ).fetchone()
-        if found is None or type(found[0]) is not int:
-            return None
+                sig = old[0]
+            index = old[1] if old is not None and type(old[1]) is int else self._free_index(
+                no, seqno)
+            if index is not None:
+                self._db.execute(
+                    "INSERT INTO log (k, idx, id, sig, body) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (k) DO UPDATE SET idx = excluded.idx, id = excluded.id,"
+                    " sig = excluded.sig, body = excluded.body",
+                    (k, index, row[0], sig, row[2]))
         bad.discard(seqno)
         if not bad:
             del self.damaged[origin]
-        span = self._spans[no]
-        if seqno == span.last:
-            self._spans[no] = span._replace(last_id=row[0])
-        return int(found[0])
+        if index is None:
+            self.unrepairable.add((origin, seqno))
+            return None
+        self._load_span(no)
+        return int(index)
+
+    def _free_index(self, no: int, seqno: int) -> int | None:
+        """The arrival index a lost note of origin `no` at `seqno` had: one between its
+        neighbours' (indices grow with the seqno within an origin) that no other note holds.
+        None if there is none, or the gap is too wide to look through."""
+        base = no << _SEQ_BITS
+        below = self._fetchone("SELECT idx FROM log WHERE k >= ? AND k < ? ORDER BY k DESC"
+                               " LIMIT 1", (base, base + seqno))
+        above = self._fetchone("SELECT idx FROM log WHERE k > ? AND k <= ? ORDER BY k"
+                               " LIMIT 1", (base + seqno, base | _MAX_SEQ))
+        lo = below[0] if below is not None and type(below[0]) is int else -1
+        hi = above[0] if above is not None and type(above[0]) is int else self.next_index
+        if hi - lo - 1 > _MAX_FREE_SEARCH or hi - lo < 2:
+            return None
+        used: set[int] = set()
+        for other, span in self._spans.items():
+            if other == no or span.last_index <= lo or span.first_index >= hi:
+                continue
+            obase = other << _SEQ_BITS
+            rows = self._fetch("SELECT idx FROM log WHERE k >= ? AND k <= ? ORDER BY k LIMIT ?",
+                               (obase + self._first_at(other, lo + 1), obase | _MAX_SEQ,
+                                hi - lo))
+            used.update(i for (i,) in rows if type(i) is int and lo < i < hi)
+        used.update(i for (i,) in self._fetch(
+            "SELECT idx FROM dropped WHERE idx > ? AND idx < ?", (lo, hi)))
+        return next((i for i in range(lo + 1, hi) if i not in used), None)
 
     def add_fork(self, fork: Fork) -> bool:
         """Record a fork once per (origin, seqno); True if it is new."""
