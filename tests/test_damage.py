@@ -184,3 +184,32 @@ def test_a_note_whose_row_is_gone_is_put_back_at_its_old_index(tmp_path: Path) -
     assert {(n.origin, n.seqno): n.body for n in a.notes()} == original
     assert a.stats.channels_closed_on_error == 0
     a.close()
+
+
+def test_a_damaged_key_of_the_last_note_does_not_make_the_log_look_longer(
+    tmp_path: Path,
+) -> None:
+    """A bit flipped in the key of an origin's last row would put it far past the rest:
+    the origin would look longer than it is, and its own next note would be published past
+    a hole. At open the row is found to be the note after the gap and moved back."""
+    path = tmp_path / "a.db"
+    node = Node(path=str(path))
+    for i in range(10):
+        node.publish(f"note {i}")
+    me = node.id
+    node.close()
+    db = sqlite3.connect(path)
+    (no,) = db.execute("SELECT no FROM origins WHERE origin = ?", (me,)).fetchone()
+    db.execute("UPDATE log SET k = ? WHERE k = ?", (no << 40 | (9 + 4096), no << 40 | 9))
+    db.commit()
+    db.close()
+    node = Node(path=str(path))
+    assert node.count == 10 and node.heads[me] == 10
+    node.publish("note 10")
+    assert [n.body for n in node.notes()] == [f"note {i}" for i in range(11)]
+    peer = Node()
+    sim = Sim()
+    sim.connect_nodes(node, peer)
+    sim.run_until_quiescent()
+    assert [n.body for n in peer.notes()] == [f"note {i}" for i in range(11)]
+    node.close()

@@ -616,12 +616,34 @@ class Store:
         k, last_id, last_idx = row
         if not 0 <= k - base <= _MAX_SEQ:  # a damaged B-tree: see _run
             k = base
+        elif k > base and self._db.execute("SELECT 1 FROM log WHERE k = ?", (k - 1,)
+                                           ).fetchone() is None:
+            k = self._key_back(no, k, last_id)
         if not (_is_id(last_id) and type(last_idx) is int and type(first) is int):
             # a damaged tip: keep the log usable; the bad note shows on its next read
             last_id = last_id if _is_id(last_id) else bytes(ID_SIZE)
             last_idx = last_idx if type(last_idx) is int else 0
             first = first if type(first) is int else 0
         self._spans[no] = _Span(first, k - base, last_id, last_idx)
+
+    def _key_back(self, no: int, k: int, nid: object) -> int:
+        """The last row of origin `no` sits at key `k` past a gap. It may be the note after
+        the gap (a row before it lost: that one is fetched again), or the last note with a
+        damaged key, which would make the origin look longer than it is (our own next note
+        would be published past a hole). If its id is the note that belongs right after the
+        gap, it is moved back there; its key is returned."""
+        base = no << _SEQ_BITS
+        below = self._db.execute("SELECT k, id FROM log WHERE k >= ? AND k < ? ORDER BY k DESC"
+                                 " LIMIT 1", (base, k)).fetchone()
+        seq, prev = (below[0] - base + 1, below[1]) if below is not None else (0, GENESIS)
+        row = self._fetchone("SELECT body FROM log WHERE k = ?", (k,))
+        body = None if row is None else row[0]  # None: a damaged B-tree, found one way only
+        if (_is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
+                and note_id(self._origins[no], seq, prev, body) == nid):
+            with contextlib.suppress(sqlite3.Error):  # unfixable here: reads still check it
+                self._db.execute("UPDATE log SET k = ? WHERE k = ?", (base + seq, k))
+                return base + seq
+        return k
 
     # -- what forks left -----------------------------------------------------------------
     def delivered(self, origin: bytes, root: bytes, root_seqno: int) -> bool:
