@@ -67,7 +67,8 @@ def test_check_offline_says_the_store_is_good_or_what_is_damaged(tmp: Path) -> N
     damage(a, b"hello world 17")
     done = zflood(a, "check")
     assert done.returncode == 1, done
-    assert f"damaged: 1 notes of origin {node[:16]}" in done.stdout and ": 17" in done.stdout
+    assert f"damaged: 1 note of origin {node[:16]} fails its hash" in done.stdout
+    assert ": 17" in done.stdout
     assert "start the daemon" in done.stdout
     assert "Traceback" not in done.stderr
 
@@ -85,7 +86,7 @@ def test_check_through_the_daemon_finds_damage_and_the_daemon_repairs_it_from_a_
     damage(a, b"hello world 7")
     again = daemons(a, second.listen)
     done = zflood(a, "check")
-    assert done.returncode == 1 and "notes of origin" in done.stdout, done
+    assert done.returncode == 1 and "note of origin" in done.stdout, done
     assert "the daemon is fetching them again" in done.stdout
     wait_for(lambda: not again.client.status()["store"]["damaged"], WAIT,
              "the damaged note to be repaired")

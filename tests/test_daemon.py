@@ -110,3 +110,19 @@ def test_the_demo_runs_to_its_summary() -> None:
             if b"zflood-demo-" in cmdline.read_bytes():
                 left.append(cmdline.parent.name)
     assert not left, f"the demo left daemons running: pids {left}"
+
+
+def test_a_static_peer_whose_name_does_not_resolve_is_logged_once_and_the_rest_link(
+    tmp: Path, daemons: Daemons
+) -> None:
+    """A mistyped --peer host: ZeroMQ would retry it in silence forever. The daemon says so
+    once and links to the peers it can reach."""
+    a_state, b_state = tmp / "a", tmp / "b"
+    cli_group([a_state, b_state])
+    a = daemons(a_state, mdns=False)
+    b = daemons(b_state, "tcp://no-such-host.invalid:4000", a.listen, mdns=False)
+    wait_for(lambda: b.node in a.linked() and a.node in b.linked(), 15, "B to link to A")
+    line = "peer tcp://no-such-host.invalid:4000: cannot resolve no-such-host.invalid"
+    wait_for(lambda: line in b.log.read_text(), 15, "the warning about the bad name")
+    log = b.log.read_text()
+    assert log.count(line) == 1 and "Traceback" not in log

@@ -7,8 +7,8 @@ Real SQLite files are damaged by flipping bits in a copy; apps read through `not
 from __future__ import annotations
 
 import random
-import sqlite3
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest

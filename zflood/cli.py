@@ -562,7 +562,7 @@ def _status(state: Path) -> dict[str, Any]:
 
 def cmd_status(state: Path, args: argparse.Namespace) -> int:
     from .members import short
-    from .progress import Report
+    from .progress import Report, counted
     from .statedir import load_group
 
     status = _status(state)
@@ -582,8 +582,10 @@ def cmd_status(state: Path, args: argparse.Namespace) -> int:
     else:
         print("daemon  stopped")
     members = status.get("members", [])
-    print(f"notes   {status['notes']} from {status.get('origins', len(status['heads']))} origins "
-          f"({len(members)} members: zflood members); {len(status['forks'])} forks")
+    origins = status.get("origins", len(status["heads"]))
+    print(f"notes   {counted(status['notes'], 'note')} from {counted(origins, 'origin')} "
+          f"({counted(len(members), 'member')}: zflood members); "
+          f"{counted(len(status['forks']), 'fork')}")
     names = {m["origin"]: m["name"] for m in members if m.get("name")}
     for fork in status["forks"]:
         print(f"fork    {_fork_line(fork, names)}")
@@ -708,20 +710,28 @@ def _fork_line(fork: dict[str, Any], names: dict[str, str]) -> str:
 
 
 def _store_line(store: dict[str, Any]) -> str:
+    from .progress import counted
+
     parts = ["storing" if store.get("storing", True) else "NOT STORING (asking peers for "
              "nothing until it can)"]
     if store.get("error"):
         parts.append(f"last error: {store['error']}")
     damaged = store.get("damaged") or {}
     if damaged:
-        parts.append(f"{sum(damaged.values())} damaged notes of {len(damaged)} origins, being "
+        parts.append(f"{counted(sum(damaged.values()), 'damaged note')} of "
+                     f"{counted(len(damaged), 'origin')}, being "
                      "fetched again from peers")
+    if store.get("damaged_off_chain"):
+        parts.append(f"{counted(store['damaged_off_chain'], 'note')} kept off a chain (forks)"
+                     " damaged: not shown")
     return "; ".join(parts)
 
 
 def cmd_check(state: Path, args: argparse.Namespace) -> int:
     """Verify the whole store, offline or through the running daemon (which then fetches
     what is damaged again from its peers)."""
+    from .progress import counted
+
     tty = sys.stderr.isatty()
 
     def progress(step: dict[str, Any]) -> None:
@@ -756,8 +766,9 @@ def cmd_check(state: Path, args: argparse.Namespace) -> int:
     for line in integrity:
         print(f"damaged: SQLite: {line}")
     for origin, seqnos in damaged.items():
-        print(f"damaged: {len(seqnos)} notes of origin {origin[:16]} fail their hash link or "
-              f"signature: {_ranges(seqnos)}")
+        fail = "fails its" if len(seqnos) == 1 else "fail their"
+        print(f"damaged: {counted(len(seqnos), 'note')} of origin {origin[:16]} {fail} hash "
+              f"link or signature: {_ranges(seqnos)}")
     if ends:
         print("they are neither delivered nor served; the daemon is fetching them again from "
               "peers (zflood status shows what is left)")
@@ -783,6 +794,7 @@ def cmd_export(state: Path, args: argparse.Namespace) -> int:
     import stat
 
     from . import wire
+    from .progress import counted
 
     node, _ = _offline_node(state)
     count = 0
@@ -815,7 +827,7 @@ def cmd_export(state: Path, args: argparse.Namespace) -> int:
             raise
     finally:
         node.close()
-    print(f"exported {count} notes to {args.file}")
+    print(f"exported {counted(count, 'note')} to {args.file}")
     return 0
 
 

@@ -176,6 +176,9 @@ class Config:
     #: Rows of the member table saved each time, at most, in one transaction (a member gone
     #: bad may have minted thousands of origins; the rest follow at the next save).
     member_rows_per_save: int = 1024
+    #: A static peer (`run --peer`) whose host name does not resolve within this is logged
+    #: (once; it is dialled all the same).
+    resolve_timeout: float = 10.0
     #: Most members a status reply lists (named ones first): a group is a few machines, but
     #: a member gone bad can mint thousands of origins, and status must stay quick.
     status_members: int = 1024

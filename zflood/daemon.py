@@ -33,12 +33,13 @@ import zmq.asyncio
 from . import __version__
 from .config import DEFAULT, Config
 from .discovery import Discovery, record_key
+from .endpoints import tcp_parts
 from .errors import ConfigurationError, LocalError
 from .local import LocalAPI, ipc_endpoints
 from .members import Members, name_note, short
 from .mesh import Link, Mesh
 from .node import Node
-from .progress import Progress, Report, lacking
+from .progress import Progress, Report, counted, lacking
 from .statedir import (
     ENDPOINTS,
     PORT,
@@ -149,6 +150,10 @@ class Daemon:
                          self.mesh.port, self.state / PORT)
             for peer in opts.peers:
                 self.mesh.dial(peer)
+            if opts.peers:  # ZeroMQ retries a name it cannot resolve in silence: say so once
+                resolving = asyncio.create_task(
+                    _resolve_peers(opts.peers, opts.config.resolve_timeout))
+                stack.callback(resolving.cancel)
             if opts.discovery:
                 self.discovery = Discovery(
                     node.id, group.id, self.mesh.port, on_found=self._found, on_lost=self._lost,
@@ -157,9 +162,9 @@ class Daemon:
                 stack.push_async_callback(self.discovery.close)
                 await self.discovery.start()
             self._write_endpoints()
-            log.info("zflood %s: node %s in group %s; listening on %s; %d notes held",
+            log.info("zflood %s: node %s in group %s; listening on %s; %s held",
                      __version__, self.members.label(node.id), group.id.hex(), self.listen,
-                     node.count)
+                     counted(node.count, "note"))
             sd_notify("READY=1\nSTATUS=serving")
             await self._serve()
         finally:
@@ -324,6 +329,24 @@ class Daemon:
             "discovery": self.discovery is not None,
             "local": self.local.stats(),  # what waits for local clients that do not read
         }
+
+
+async def _resolve_peers(peers: list[str], timeout: float) -> None:
+    """Warn of each static peer whose host name does not resolve now (a typo, or a name only
+    another network knows); it is dialled all the same, and links once the name resolves."""
+    loop = asyncio.get_running_loop()
+    for peer in peers:
+        parts = tcp_parts(peer)
+        if parts is None:
+            continue
+        host, port = parts[0].strip("[]"), parts[1]
+        try:
+            await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                                   timeout)
+        except (OSError, TimeoutError) as e:
+            reason = "no answer" if isinstance(e, TimeoutError) else e.strerror or str(e)
+            log.warning("peer %s: cannot resolve %s (%s); dialling it anyway", peer, host,
+                        reason)
 
 
 def _free_port(group: bytes, legacy: bool) -> int:

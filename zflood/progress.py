@@ -79,6 +79,11 @@ class Progress:
         return Report(held, lacking, rate, eta)
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` of a regular noun for people: 1 note, 2 notes, 1,024 origins."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def duration(seconds: float) -> str:
     """A span for people: 0.4 s, 12 s, 3 min 05 s, 2 h 07 min, 3 d 4 h."""
     if seconds < 10:
