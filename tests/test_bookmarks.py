@@ -419,11 +419,12 @@ def bm(state: Path, *args: str) -> str:
     return run_cli(state, "bookmarks", *args)
 
 
-def fails(state: Path, *args: str) -> str:
+def fails(state: Path, *args: str, status: int | None = None) -> str:
     done = subprocess.run([*ZFLOOD, "--state", str(state), "bookmarks", *args],
                           capture_output=True, text=True, timeout=CLI_TIMEOUT, env=ENV,
                           check=False)
     assert done.returncode != 0, done.stdout
+    assert status is None or done.returncode == status, done
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     return done.stderr
 
@@ -471,8 +472,8 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp: Path) -> None:
     assert "not closed" in fails(a, "import", str(tmp / "bad.html"))
     assert "JSON" in fails(a, "import", str(tmp / "bad.json"))
     assert "not a bookmark file" in fails(a, "import", str(tmp / "x.txt"))
-    assert "not a URL" in fails(a, "add", "www.example.org")
-    assert "not a URL" in fails(a, "edit", "https://keep.example/", "--url", "nope")
+    assert "not a URL" in fails(a, "add", "www.example.org", status=2)  # a bad argument
+    assert "not a URL" in fails(a, "edit", "https://keep.example/", "--url", "nope", status=2)
     assert "no bookmark" in fails(a, "rm", "https://absent.example/")
     assert "cannot read" in fails(a, "import", str(tmp / "missing.html"))
     (tmp / "Bookmarks").write_bytes(b"{broken")

@@ -62,6 +62,16 @@ def test_sendmail_refuses_a_bad_command_line(argv: list[str], status: int) -> No
     assert e.value.status == status
 
 
+def test_sendmail_in_a_state_directory_of_no_group_exits_ex_config(tmp_path: Path) -> None:
+    """A setup to make, not a moment to wait out: EX_CONFIG (78), not EX_TEMPFAIL (75), so a
+    mail client does not retry it for days; one line, no traceback."""
+    done = subprocess.run([*SENDMAIL, "--state", str(tmp_path / "none"), "ann@example.org"],
+                          input=b"Subject: x\n\nhi\n", capture_output=True, timeout=30,
+                          check=False)
+    assert done.returncode == 78, done
+    assert done.stderr.decode().count("\n") == 1 and b"in no group yet" in done.stderr
+
+
 def test_dash_t_takes_recipients_from_headers_and_removes_bcc() -> None:
     msg = (b"From: me@example.org\nTo: Ann <ann@example.org>\nCc: bob@example.org\n"
            b"Bcc: secret@example.org,\n  hidden@example.org\nSubject: hi\n\nbody\n.\nafter\n")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 
 from . import __version__
-from .errors import BadJoinCode, ConfigurationError, LocalError, ZfloodError
+from .errors import BadJoinCode, ConfigurationError, LocalError, NoGroup, ZfloodError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: a quick --help
     from . import wire
@@ -432,7 +432,7 @@ def _offline_node(state: Path) -> tuple[Node, Group]:
 
     group = load_group(state)
     if group is None:
-        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+        raise NoGroup(state)
     return _open(state, group), group
 
 
@@ -684,7 +684,7 @@ def cmd_invite(state: Path, args: argparse.Namespace) -> int:
 
     group = load_group(state)
     if group is None:
-        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+        raise NoGroup(state)
     print("on the machine to add, run `zflood join` and paste this code (keep it secret):",
           file=sys.stderr)
     print(group.join_code)

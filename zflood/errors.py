@@ -40,6 +40,13 @@ class StoreDamaged(StoreError):
     """The store's file is damaged (SQLite says so, or a note fails its hash link)."""
 
 
+class NoGroup(LocalError):
+    """The state directory is in no group yet (`zflood init` or `zflood join` first)."""
+
+    def __init__(self, state: object) -> None:
+        super().__init__(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+
+
 class BadJoinCode(LocalError):
     """A join code that does not parse or whose checksum does not match."""
 

@@ -54,7 +54,15 @@ class Session:
 
 
 def run(state: Path, args: argparse.Namespace) -> int:
+    from ...cli import BadArgument
+
     cmd = args.bookmarks_command
+    url = args.url if cmd in ("add", "edit") else None
+    if url is not None:  # a bad argument, told as one (exit 2), before the store is opened
+        try:
+            files.check_url(url)
+        except files.BadFile as e:
+            raise BadArgument(str(e)) from None
     if cmd == "sync" and args.watch:
         return _watch(state, args)
     with opened(state) as group:

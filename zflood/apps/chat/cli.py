@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..group import LocalError, opened
+from ...errors import NoGroup
+from ..group import opened
 from . import history
 from .lines import DEFAULT_ROOM, MAX_TEXT, format_line, note
 
@@ -67,7 +68,7 @@ def main(state: Path, args: argparse.Namespace) -> int:
         raise BadArgument("the interactive chat needs a terminal: zflood chat send TEXT, "
                           "or zflood chat log")
     if load_group(state) is None:
-        raise LocalError(f"{state} is in no group yet: run `zflood init` or `zflood join`")
+        raise NoGroup(state)
     from .ui import run
 
     return run(state, room)

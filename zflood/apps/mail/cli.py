@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ...errors import ZfloodError
+from ...errors import NoGroup, ZfloodError
 
 if TYPE_CHECKING:  # the zflood command builds its parser from here: load the rest on use
     from .queue import Message
@@ -63,6 +63,9 @@ def sendmail_main(argv: list[str] | None = None) -> int:
     except MailError as e:
         print(f"zflood-sendmail: {e}", file=sys.stderr)
         return e.status
+    except NoGroup as e:  # a setup to make, not a moment to wait out: the client keeps it
+        print(f"zflood-sendmail: {e}", file=sys.stderr)
+        return EX_CONFIG
     except ZfloodError as e:
         print(f"zflood-sendmail: {e}", file=sys.stderr)
         return EX_TEMPFAIL
