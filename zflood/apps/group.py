@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -119,9 +119,14 @@ def open_group(state: Path) -> Online | Offline:
 def notes(group: Group, start: int = 0, app: str | None = None) -> Iterator[Map]:
     """Every note (of `app`, if given) from local index `start` on that is held now, in
     index order; with an app the cost follows that app's notes, not the log's."""
-    end = group.count()
+    return read_until(group.read, group.count(), start, app)
+
+
+def read_until(read: Callable[..., tuple[list[Map], int]], end: int, start: int = 0,
+               app: str | None = None) -> Iterator[Map]:
+    """`notes`, through any `read(start, app=...)` (a Group's, a Client's), up to `end`."""
     while start < end:
-        batch, nxt = group.read(start, app=app)
+        batch, nxt = read(start, app=app)
         yield from batch
         if nxt <= start:
             return
@@ -138,7 +143,7 @@ def opened(state: Path) -> Iterator[Online | Offline]:
 
 
 __all__ = ["Group", "LocalError", "Offline", "Online", "notes", "open_group", "opened",
-           "stop_on_signals"]
+           "read_until", "stop_on_signals"]
 
 
 def stop_on_signals() -> threading.Event:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .. import notes
+from ..group import read_until
 from .message import APP
 from .queue import MailState, Message
 
@@ -330,10 +331,4 @@ class DelivererActive(Exception):
 
 def _held(client: Client, start: int) -> Iterator[Map]:
     """The group's mail notes held now, from `start` (the store's app index: mail alone)."""
-    end = int(client.status()["notes"])
-    while start < end:
-        batch, nxt = client.read(start, app=APP)
-        yield from batch
-        if nxt <= start:
-            return
-        start = nxt
+    return read_until(client.read, int(client.status()["notes"]), start, APP)
