@@ -16,7 +16,7 @@ import cbor2
 import pytest
 from channels import ManualChannel
 
-from zflood import Node, Note, wire
+from zflood import Config, Node, Note, wire
 from zflood.errors import LocalError
 from zflood.identity import SigningKey
 from zflood.log import AGAIN_PREFIX, again, carried, kept
@@ -325,6 +325,42 @@ def test_a_body_that_looks_published_again_is_refused_locally_and_opaque_from_a_
     assert carried(5, bytes(32), AGAIN_PREFIX + b"junk") is None
     assert carried(5, bytes(32), again(2, b"r" * 32, "hi")) == (b"r" * 32, 2, "hi")
     assert carried(2, bytes(32), again(2, b"r" * 32, "hi")) is None  # a root before itself
+
+
+def test_a_long_losing_branch_is_handed_back_a_serving_step_at_a_time() -> None:
+    """A member holding 3,000 notes of a branch that lost hands them back to their origin as
+    serving goes: a step (`serve_step` bytes) at once, the rest at its next ticks, read from
+    the store a page at a time. The origin still publishes every body again, once."""
+    rng = random.Random(11)
+    for attempt in itertools.count():  # the restored branch must win: the live one is owed
+        live = keyed(rng)
+        live.publish("zero")
+        backup = live.pickle()
+        restored = Node(backup)
+        restored.publish(f"one, restored {attempt}")
+        live.publish_many([f"live {i}" for i in range(3000)])
+        ids = chains(live)[live.id][1], chains(restored)[live.id][1]
+        if kept(*ids) == ids[1]:
+            break
+        live.close()
+        restored.close()
+    holder = Member(Node(config=Config(serve_step=16 * 1024)))
+    sim = Sim(6)
+    end = sim.connect_nodes(live, holder.node)
+    sim.run_until_quiescent()
+    end.close()
+    live.close()
+    me = Member(restored)
+    sim.connect_nodes(restored, holder.node)
+    sim.run_until_quiescent()  # no tick yet: a step of the hand-back has gone
+    first = restored.count
+    assert first < 3002, "the whole branch went back at once"
+    assert sim.run_until(lambda: restored.count == 3002 and converged([me, holder]),
+                         timeout=60, tick=0.5)
+    bodies = {"zero", f"one, restored {attempt}", *(f"live {i}" for i in range(3000))}
+    for m in (me, holder):
+        assert dict(m.seen) == dict.fromkeys(bodies, 1)
+    print(f"\nafter the first step the origin held {first} of 3,002 notes")
 
 
 def test_a_peer_claiming_notes_of_ours_it_never_sends_does_not_stop_healing() -> None:

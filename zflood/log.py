@@ -45,7 +45,7 @@ included. Local `publish` refuses bytes bodies that begin like such a note (AGAI
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import cbor2
 
@@ -214,14 +214,16 @@ class Log:
         """Notes of `origin` off the chain whose bodies the chain does not carry yet."""
         return self.store.owed(origin) if origin in self.forked else []
 
-    def runs(self, origin: bytes, notes: Sequence[Dropped]) -> list[wire.Notes]:
-        """Notes off the chain as signed runs that a peer can check: each follows a note of
-        the chain or of an earlier run and ends at a stored signature (the rest, unsigned,
-        cannot be sent)."""
+    def is_owed(self, origin: bytes) -> bool:
+        return origin in self.forked and bool(self.store.owed(origin, limit=1))
+
+    def runs(self, origin: bytes, notes: Iterable[Dropped]) -> Iterator[wire.Notes]:
+        """Notes off the chain (in seqno order) as signed runs that a peer can check, made as
+        they are consumed: each follows a note of the chain or of an earlier run and ends at
+        a stored signature (the rest, unsigned, cannot be sent)."""
         have = self.count(origin)
         open_runs: dict[bytes, tuple[int, bytes, list[Body]]] = {}  # id to follow -> run
-        out: list[wire.Notes] = []
-        for seqno, nid, sig, body, *_ in sorted(notes, key=lambda n: n[0]):
+        for seqno, nid, sig, body, *_ in notes:
             run = None
             for after, (start, _, bodies) in list(open_runs.items()):
                 if start + len(bodies) == seqno and note_id(origin, seqno, after, body) == nid:
@@ -237,8 +239,7 @@ class Log:
             start, prev, bodies = run
             bodies.append(body)
             if sig is not None:
-                out.append(wire.Notes(origin, start, prev, tuple(bodies), sig))
+                yield wire.Notes(origin, start, prev, tuple(bodies), sig)
                 open_runs[nid] = (seqno + 1, nid, [])
             else:
                 open_runs[nid] = (start, prev, bodies)
-        return out

@@ -154,6 +154,8 @@ class _Peer:
     waiting: dict[bytes, None] = field(default_factory=dict)
     asking: set[bytes] = field(default_factory=set)
     window: int = 1  # how many new origins it may be asked for at once
+    # handing it back its notes off the chain here (it is their origin): the runs still to go
+    handing: Iterator[wire.Notes] | None = None
 
 
 @dataclass
@@ -253,7 +255,7 @@ class Node:
         self._links_changed = False
         self._closed = False
         # our own notes off the kept chain wait to be published again (see log.py)
-        self._healing = bool(self._log.owed(self.id))
+        self._healing = self._log.is_owed(self.id)
         self._quiet = QuietLog(log, period=config.fault_summary)
         #: Called (with no argument) when answers wait in a serve queue for `serve()`: a driver
         #: sets it to schedule a pump on its event loop.
@@ -380,6 +382,9 @@ class Node:
                     peer.sync_at = now
                     self._send_pages(peer, self._heads_items(), tips=False, announce=False)
             self._tick_store(now)
+            for peer in self._peers:
+                if peer.handing is not None:
+                    self._hand_back(peer, fresh=False)
             for origin, req in list(self._requests.items()):
                 if req.progress_at is None:
                     req.progress_at = now
@@ -783,6 +788,12 @@ class Node:
             self._repair(origin, start, prev, ids, bodies, sig, have)
         # Validly signed. Does it continue our chain? If not, the origin signed two chains.
         if prev != self._id_at(origin, start - 1, have):
+            if start > 0 and self._store.holds_off_chain(origin, start - 1, prev):
+                # the next run of a branch that lost (a long one comes back a run at a
+                # time): off the chain too
+                if self._log.keep_lost(origin, start, ids, bodies, sig):
+                    self._lost_changed(origin, peer)
+                return
             self._walk_back(peer, origin, start)
             return
         if start < have:
@@ -919,16 +930,36 @@ class Node:
             if peer.node == origin and peer is not source:
                 self._hand_back(peer)
 
-    def _hand_back(self, peer: _Peer) -> None:
+    def _hand_back(self, peer: _Peer, *, fresh: bool = True) -> None:
         """Send the origin `peer` its notes that are off the chain here and not yet carried
-        by it (it publishes them again)."""
+        by it (it publishes them again): read a page at a time and sent as serving is, at
+        most a step now; `tick` sends the rest (`fresh`: from the start, as what is owed
+        changed)."""
         origin = peer.node
         if origin is None or not peer.ready or peer.closed:
+            peer.handing = None
             return
-        owed = self._log.owed(origin)
-        if owed:
-            for batch in self._log.runs(origin, owed):
-                self._send(peer, batch)
+        if fresh:
+            peer.handing = None
+            if origin not in self._log.forked:
+                return
+            peer.handing = self._log.runs(
+                origin, self._store.owed_pages(origin, self.config.batch_notes))
+        if peer.handing is None:
+            return
+        c = self.config
+        spent = frames = 0
+        try:
+            for batch in peer.handing:
+                frame = wire.encode(batch)
+                self._send_frame(peer, frame)
+                spent += len(frame)
+                frames += 1
+                if spent >= c.serve_step or frames >= c.serve_frames or self._held_back(peer):
+                    return  # the rest at the next tick
+        except StoreError as e:
+            self._store_failed(e)
+        peer.handing = None
 
     def _heal(self) -> None:
         """Publish again the bodies of our own notes that are off the kept chain, once we hold

@@ -498,6 +498,13 @@ class Store:
                 self._add_again(origin, again)
         return first
 
+    def holds_off_chain(self, origin: bytes, seqno: int, nid: bytes) -> bool:
+        """Whether note `nid` at `seqno` of `origin` is held off its chain (see `keep`)."""
+        no = self._origin_no.get(origin)
+        return no is not None and self._fetchone(
+            "SELECT 1 FROM dropped WHERE origin = ? AND seqno = ? AND id = ?",
+            (no, seqno, nid)) is not None
+
     def keep(self, origin: bytes, notes: Sequence[Dropped]) -> int:
         """Keep notes of `origin` that are not on its chain here (never shown here);
         returns how many were new."""
@@ -662,9 +669,11 @@ class Store:
                               (no, root)).fetchone() is not None
             )
 
-    def owed(self, origin: bytes) -> list[Dropped]:
+    def owed(self, origin: bytes, *, after: tuple[int, bytes] = (-1, b""),
+             limit: int = -1) -> list[Dropped]:
         """Notes of `origin` off its chain here whose body the chain does not carry (as the
-        note itself or published again), by seqno: what its origin must publish again."""
+        note itself or published again), by (seqno, id), past `after`, at most `limit` (-1:
+        all): what its origin must publish again."""
         with self._errors("cannot read store"):
             no = self._origin_no.get(origin)
             if no is None:
@@ -673,16 +682,27 @@ class Store:
                 (seqno, bytes(nid), sig, body, bytes(root), root_seqno, shown)
                 for seqno, nid, sig, body, root, root_seqno, shown in self._db.execute(
                     "SELECT d.seqno, d.id, d.sig, d.body, d.root, d.root_seqno, d.shown"
-                    " FROM dropped d WHERE d.origin = ?"
+                    " FROM dropped d WHERE d.origin = ? AND (d.seqno, d.id) > (?, ?)"
                     " AND NOT EXISTS (SELECT 1 FROM log n"
                     f"                 WHERE n.k = (d.origin << {_SEQ_BITS}) | d.root_seqno"
                     "                 AND n.id = d.root)"
                     " AND NOT EXISTS (SELECT 1 FROM again a WHERE a.origin = d.origin"
                     "                 AND a.root = d.root)"
-                    " ORDER BY d.seqno, d.id",
-                    (no,),
+                    " ORDER BY d.seqno, d.id LIMIT ?",
+                    (no, *after, limit),
                 )
             ]
+
+    def owed_pages(self, origin: bytes, page: int) -> Iterator[Dropped]:
+        """`owed(origin)`, read `page` notes at a time as it is consumed (no cursor is held
+        between pages, so writes may come between them)."""
+        after = (-1, b"")
+        while True:
+            rows = self.owed(origin, after=after, limit=page)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def published_again(self, origin: bytes, since: int) -> tuple[int, int, int]:
         """(how many, first seqno, last seqno) of chain notes of `origin` that carry bodies of
