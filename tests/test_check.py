@@ -114,3 +114,28 @@ def test_a_store_that_lost_its_identity_is_refused_unless_a_new_one_is_asked_for
     fresh = daemons(a, extra=["--new-identity"])
     assert fresh.node != old
     assert fresh.client.publish("a new member")["seqno"] == 0
+
+
+def test_a_follower_that_read_past_a_damaged_note_gets_it_once_it_is_repaired(
+    tmp: Path, daemons: Daemons
+) -> None:
+    """Catching up while a note is damaged: the read skips it and says so; once it is
+    fetched again from a peer it reaches the follower (late, out of order), once."""
+    a, b = tmp / "a", tmp / "b"
+    member(b, member(a))
+    publish(a, *[f"hello world {i}" for i in range(30)])
+    first = daemons(a)
+    second = daemons(b, first.listen)
+    wait_for(lambda: len(second.held()) == 30, WAIT, "b to hold a's notes")
+    assert first.stop() == 0 and second.stop() == 0
+    damage(a, b"hello world 7")
+    alone = daemons(a)  # no peer to repair from yet
+    follow = alone.client.follow(0, timeout=WAIT)
+    history = [next(follow)["body"] for _ in range(29)]
+    assert "hello world 7" not in history and len(set(history)) == 29
+    daemons(b, alone.listen)  # now a peer holds it: a fetches it again
+    late = next(follow)
+    assert late["body"] == "hello world 7" and late["seqno"] == 7
+    alone.client.publish("after")
+    assert next(follow)["body"] == "after"  # and nothing twice
+    follow.close()

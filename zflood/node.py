@@ -508,6 +508,11 @@ class Node:
         self._check_open()
         return self._store.replay(start, end)
 
+    def missing(self, start: int, end: int) -> list[int]:
+        """Arrival indices in [start, end) of notes left out as damaged (being fetched again):
+        a reader that skipped one takes it when it is repaired, delivered at that index."""
+        return sorted(i for i in self._store.damaged_at if start <= i < end)
+
     def app_notes(self, app: str, start: int = 0, limit: int = 1000) -> tuple[list[Note], int]:
         """Held notes of `app` (see `zflood.appnote`) from index `start`, at most `limit`, and
         the index below which all of them were returned; the cost follows `app`'s notes."""

@@ -212,7 +212,7 @@ INSERT OR REPLACE INTO app_notes SELECT a, idx, origin, seqno FROM (SELECT zfloo
 # its hash link needs): never a scan of the log. The plain form serves a store with no fork
 # in it; the other also looks where replay would.
 _APP_READ = (
-    "SELECT a.idx, a.origin, a.seqno, n.idx, n.body, n.id, p.id, NULL, NULL, NULL, NULL"
+    "SELECT a.idx, a.origin, a.seqno, n.idx, n.body, n.id, p.id, NULL, NULL, NULL, NULL, NULL"
     " FROM app_notes a"
     f" JOIN log n ON n.k = (a.origin << {_SEQ_BITS}) | a.seqno"
     " LEFT JOIN log p ON p.k = n.k - 1 AND a.seqno > 0"
@@ -220,7 +220,7 @@ _APP_READ = (
 )
 _APP_READ_FORKED = (
     "SELECT a.idx, a.origin, a.seqno, n.idx, n.body, n.id, p.id, g.hidden, g.shown, d.shown,"
-    " d.id FROM app_notes a"
+    " d.id, d.body FROM app_notes a"
     f" LEFT JOIN log n ON n.k = (a.origin << {_SEQ_BITS}) | a.seqno"
     " LEFT JOIN log p ON p.k = n.k - 1 AND a.seqno > 0"
     " LEFT JOIN again g ON g.origin = a.origin AND g.seqno = a.seqno"
@@ -279,6 +279,10 @@ class Store:
         self.damaged_off_chain: set[tuple[int, int, object]] = set()
         #: (origin, seqno) of damaged notes that could not be put back (no index left free)
         self.unrepairable: set[tuple[bytes, int]] = set()
+        #: arrival index -> (origin, seqno) of damaged notes whose index is known: what a
+        #: read skipped, so a follower can take the note when it is repaired
+        self.damaged_at: dict[int, tuple[bytes, int]] = {}
+        self._damaged_index: dict[tuple[bytes, int], int] = {}  # the same, the other way
         #: called once per newly damaged note with (origin, seqno)
         self.on_damage: Callable[[bytes, int], None] | None = None
         try:
@@ -547,6 +551,7 @@ class Store:
         bad.discard(seqno)
         if not bad:
             del self.damaged[origin]
+        self.damaged_at.pop(self._damaged_index.pop((origin, seqno), -1), None)
         if index is None:
             self.unrepairable.add((origin, seqno))
             return None
@@ -869,9 +874,9 @@ class Store:
                         if isinstance(body, bytes) and _ends_with_item(body, extra[1]):
                             yield Note(origin, seq, extra[1], nid, idx)
                         else:
-                            self._damage(origin, seq)
+                            self._damage(origin, seq, idx)
                 else:
-                    self._damage(origin, seq)
+                    self._damage(origin, seq, idx)
                 prev, expect = nid, seq + 1
             if len(rows) < chunk:
                 return
@@ -957,9 +962,12 @@ class Store:
         such as a stored signature that fails, found it)."""
         self._damage(origin, seqno)
 
-    def _damage(self, origin: bytes, seqno: int) -> None:
+    def _damage(self, origin: bytes, seqno: int, index: object = None) -> None:
         if not 0 <= seqno <= _MAX_SEQ:
             return
+        if type(index) is int and len(self.damaged_at) < MAX_DAMAGED:
+            self.damaged_at[index] = (origin, seqno)
+            self._damaged_index[(origin, seqno)] = index
         bad = self.damaged.setdefault(origin, set())
         if seqno in bad or len(bad) >= MAX_DAMAGED:
             return
@@ -1032,7 +1040,7 @@ class Store:
         forked = bool(self._again) or self._dropped_shown
         rows = self._fetch(_APP_READ_FORKED if forked else _APP_READ, (app, start, stop, limit))
         notes: list[Note] = []
-        for idx, no, seq, n_idx, body, nid, pid, hidden, shown, d_shown, d_id in rows:
+        for idx, no, seq, n_idx, body, nid, pid, hidden, shown, d_shown, d_id, d_body in rows:
             origin = self._origins.get(no)
             if origin is None or type(seq) is not int:
                 continue
@@ -1042,18 +1050,21 @@ class Store:
                     _is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
                     and note_id(origin, seq, prev, body) == nid
                 ):
-                    self._damage(origin, seq)
+                    self._damage(origin, seq, idx)
                     continue
                 if hidden is not None:  # it carries a body published again
                     if hidden:
                         continue
                     if not (isinstance(body, bytes) and _ends_with_item(body, shown)):
-                        self._damage(origin, seq)
+                        self._damage(origin, seq, idx)
                         continue
                     body = shown
                 notes.append(Note(origin, seq, body, nid, idx))
             elif d_id is not None:  # shown here before it left its chain
-                notes.append(Note(origin, seq, d_shown, d_id, idx))
+                if self._dropped_intact(no, origin, seq, d_id, d_body, d_shown):
+                    notes.append(Note(origin, seq, d_shown, bytes(d_id), idx))
+                else:
+                    self.damaged_off_chain.add((no, seq, d_id))
         return notes, stop if len(rows) < limit else rows[-1][0] + 1
 
     def app_before(self, app: str, index: int) -> int:

@@ -8,7 +8,9 @@ request cannot reach a daemon that starts later.
 `Client.follow(start)` turns PUB and "read" into a gapless stream: it subscribes first, then
 reads the store from `start` until caught up, then takes live notes in index order. A live note
 past the next expected index means PUB dropped some: they are read from the store first. A live
-note below it is a duplicate of what was read. Drops at the end of a burst, and notes sent
+note below it is a duplicate of what was read, unless a read skipped it as damaged in the
+daemon's store (the reply names it "missing"): repaired from a peer, it comes on PUB and is
+yielded then, late and out of index order, once. Drops at the end of a burst, and notes sent
 before the subscription took effect, leave no later note to reveal them, so an idle follower
 also reads the store every `local_resync` seconds.
 """
@@ -92,7 +94,8 @@ class Client:
         self, start: int = 0, *, app: str | None = None, timeout: float | None = None
     ) -> Generator[Map, None, None]:
         """Every note with index >= `start` (of `app` alone, if given), in index order, each
-        once, history then live. Stops after `timeout` seconds without a new note (None:
+        once, history then live (a note damaged in the daemon's store comes once it is
+        repaired, out of order). Stops after `timeout` seconds without a new note (None:
         never)."""
         if self.pub is None:
             raise LocalError("following needs the daemon's PUB endpoint")
@@ -183,6 +186,14 @@ def _read_reply(reply: Map) -> tuple[list[Map], int, int]:
     return notes, nxt, count
 
 
+def _missing(reply: Map, start: int, end: int) -> list[int]:
+    """Indices in [start, end) a read reply says it skipped (damaged in the store)."""
+    missing = reply.get("missing", [])
+    if not isinstance(missing, list):
+        return []
+    return [i for i in missing if type(i) is int and start <= i < end]
+
+
 class _Follower:
     """One `Client.follow`: PUB for live notes, reads of its own for history and for gaps.
 
@@ -212,6 +223,10 @@ class _Follower:
         self.timeout = timeout
         self.expected = start
         self.ahead: dict[int, Map] = {}  # notes past `expected`, by index
+        # indices a read skipped as damaged in the daemon's store (oldest first): each is
+        # yielded late, out of order, once it is repaired and comes on PUB
+        self.skipped: dict[int, None] = {}
+        self.late: list[Map] = []
         self.order: list[int] = []  # following an app: a heap of the indices in `ahead`
         self.held: int | None = None  # notes the daemon held at its last reply
         self.asked = start  # reads in flight cover up to here
@@ -248,12 +263,17 @@ class _Follower:
 
     def _hold(self, note: Map) -> None:
         index = note["index"]
-        if index >= self.expected and len(self.ahead) < self.max_ahead:
+        if index < self.expected and index in self.skipped:
+            del self.skipped[index]
+            self.late.append(note)
+        elif index >= self.expected and len(self.ahead) < self.max_ahead:
             if self.app is not None and index not in self.ahead:
                 heapq.heappush(self.order, index)
             self.ahead[index] = note
 
     def _ready(self) -> Iterator[Map]:
+        while self.late:
+            yield self.late.pop(0)
         ahead = self.ahead
         if self.app is None:
             while self.expected in ahead:
@@ -319,6 +339,10 @@ class _Follower:
             self.inflight.popleft()
         _, start, _ = self.inflight.popleft()
         notes, nxt, self.held = _read_reply(reply)
+        for index in _missing(reply, start, nxt):
+            self.skipped[index] = None
+            if len(self.skipped) > self.max_ahead:
+                del self.skipped[next(iter(self.skipped))]
         if hole or nxt < min(start + self.limit, self.held):
             self.asked = self.expected  # cut short (large notes): ask on from what is missing
         # A read from at or before `expected` holds, in order, every note of interest up to

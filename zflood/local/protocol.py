@@ -7,10 +7,11 @@ from its own. Ops: "publish" {body}, "status", "read" {start, limit}, and "link"
 A reply is {"ok": true, ...} or {"ok": false, "error": "one line"}. An app note (a CBOR map
 body with a text "app", see `zflood.appnote`) goes on PUB under the topic "note/<app>", its map
 with "app" and "prev" (the index of that app's previous note here, -1 for none) added, and
-"read" takes an "app" to return that app's notes alone. This module holds those
-shapes and the decoding that turns anything malformed into one `LocalError`; it opens no
-socket, so the server (`server.py`) and the client (`client.py`) share it, and a program in
-another language needs nothing but this description.
+"read" takes an "app" to return that app's notes alone; its reply may name "missing":
+indices it skipped because those notes are damaged here (they come on PUB once repaired).
+This module holds those shapes and the decoding that turns anything malformed into one
+`LocalError`; it opens no socket, so the server (`server.py`) and the client (`client.py`)
+share it, and a program in another language needs nothing but this description.
 """
 
 from __future__ import annotations

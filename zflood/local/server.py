@@ -353,8 +353,12 @@ class LocalAPI:
                 notes.append(note_map(note))
                 if app is None:
                     scanned = note.index + 1
-            return {"ok": True, "notes": notes, "next": min(scanned, max(count, start)),
-                    "count": count}
+            nxt = min(scanned, max(count, start))
+            reply = {"ok": True, "notes": notes, "next": nxt, "count": count}
+            missing = self._node.missing(start, nxt)
+            if missing:  # damaged here, skipped: they come on PUB once repaired
+                reply["missing"] = missing
+            return reply
         if op == "link" and self._link is not None:
             node, up = req.get("node"), req.get("up")
             if not isinstance(node, bytes) or len(node) != 32 or not isinstance(up, bool):
