@@ -570,6 +570,20 @@ def attack_backlog(args: argparse.Namespace) -> Row:
         return row
 
 
+def attack_minted(args: argparse.Namespace) -> Row:
+    """Node ids minted by one code holder, each with a CURVE key of its own, all saying HI
+    from one address: each would cost the victim a DEALER, a connection and a link."""
+    with World("minted") as w:
+        victim, honest = pair(w)
+        spec = {"code": w.group.join_code, "victim": victim.listen, "ids": args.minted_ids,
+                "seconds": args.minted_seconds}
+        row, out = measure("minted", victim, honest, positioned(w, "minted", spec), args)
+        row.ratio = None
+        row.extra = (f"{out['ids']:,} node ids minted at one address; the victim dialled back "
+                     f"{out['answered']:,}")
+        return row
+
+
 def attack_heads(args: argparse.Namespace) -> Row:
     """(3) HEADS claiming many fake origins, never served."""
     with World("heads") as w:
@@ -688,7 +702,7 @@ def attack_bulk(args: argparse.Namespace) -> Row:
 
 ATTACKS: dict[str, Callable[[argparse.Namespace], Row]] = {
     "origins": attack_origins, "want": attack_want, "backlog": attack_backlog,
-    "heads": attack_heads, "hi": attack_hi,
+    "heads": attack_heads, "hi": attack_hi, "minted": attack_minted,
     "mdns": attack_mdns, "reads": attack_reads, "bulk": attack_bulk}
 
 
@@ -754,6 +768,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hi-kinds", default="wrong-key,nonce,stranger",
                    help="hi: comma-separated, of wrong-key, nonce, stranger")
     p.add_argument("--hi-seconds", type=float, default=5.0)
+    p.add_argument("--minted-ids", type=int, default=300, help="minted: node ids minted")
+    p.add_argument("--minted-seconds", type=float, default=6.0)
     p.add_argument("--records", type=int, default=1100, help="mdns: fake records announced")
     p.add_argument("--records-rate", type=float, default=500.0,
                    help="mdns: records announced per second")

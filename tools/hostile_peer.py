@@ -7,11 +7,11 @@ lines on stdout: {"event": "ready"} once it is in position (linked, where it lin
 measured window starts there), then {"event": "done", ...} with what it sent and received.
 It stops on its own once its `seconds` are up; its parent stops it by pid if it does not.
 
-The member attacks (origins, want, backlog, heads, hi) hold the join code, as a stolen laptop would:
-`RawMember` speaks the mesh's framing (HI / DATA) over real CurveZMQ sockets, with its own
-node key, and the engine's messages built with zflood.wire and signed with zflood.identity,
-so it follows the protocol's public formats as they evolve. It does none of the engine's
-book-keeping: it sends what the attack needs and counts what comes back.
+The member attacks (origins, want, backlog, heads, hi, minted) hold the join code, as a
+stolen laptop would: `RawMember` speaks the mesh's framing (HI / DATA) over real CurveZMQ
+sockets, with its own node key, and the engine's messages built with zflood.wire and signed
+with zflood.identity, so it follows the protocol's public formats as they evolve. It does
+none of the engine's book-keeping: it sends what the attack needs and counts what comes back.
 
 Actions:
   origins  link, then push one validly signed note from each of N fresh origins
@@ -20,6 +20,7 @@ Actions:
   backlog  link, then ask for the victim's whole log in distinct ranges, again and again,
            reading nothing for a while (bytes queued to one peer)
   heads    link, then claim N fake origins in HEADS frames (never serve them)
+  minted   N node ids minted by one code holder, each with its own key, all saying HI
   hi       bogus HIs from a code holder (naming others; a new nonce each time) and garbage
            from a stranger on raw TCP connections
   reads    a local control client: N reads queued, no reply ever read
@@ -89,6 +90,7 @@ class RawMember:
         self.nonce = os.urandom(16)
         self.hi_at = 0.0
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = self.dropped = 0
+        self.messages_in = 0  # anything the victim sent (its HIs too): it dialled us back
         self.hello: wire.Hello | None = None
 
     def hi(self, node: bytes | None = None, nonce: bytes | None = None,
@@ -127,6 +129,7 @@ class RawMember:
                         frames = self.router.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    self.messages_in += 1
                     if len(frames) == 3 and frames[1] == DATA:
                         self.frames_in += 1
                         self.bytes_in += len(frames[2])
@@ -329,6 +332,32 @@ def hi(spec: Spec) -> None:
     member_attack(spec, body)
 
 
+def minted(spec: Spec) -> None:
+    """N node ids minted by one code holder, each a RawMember of its own (a key, a ROUTER the
+    victim may dial back, a DEALER into the victim), all saying HI for `seconds`."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ctx.max_sockets = 2 * spec["ids"] + 64
+    group = Group.from_join_code(spec["code"])
+    members: list[RawMember] = []
+    try:
+        members = [RawMember(ctx, group, spec["victim"]) for _ in range(spec["ids"])]
+        emit(event="ready")
+        end = time.monotonic() + spec["seconds"]
+        dialled_back = set()
+        while time.monotonic() < end:
+            for i, m in enumerate(members):
+                m.pump(0)  # its HI, and whatever the victim sends back
+                if m.messages_in:
+                    dialled_back.add(i)
+            time.sleep(HI_EVERY / 2)
+        emit(event="done", ids=len(members), answered=len(dialled_back))
+    finally:
+        for m in members:
+            m.router.close(linger=0)
+            m.dealer.close(linger=0)
+        ctx.term()
+
+
 def reads(spec: Spec) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
@@ -388,7 +417,7 @@ def mdns(spec: Spec) -> None:
 
 ACTIONS: dict[str, Callable[[Spec], None]] = {
     "origins": origins, "want": want, "backlog": backlog, "heads": heads, "hi": hi,
-    "reads": reads, "mdns": mdns}
+    "minted": minted, "reads": reads, "mdns": mdns}
 
 
 def main() -> None:
