@@ -340,6 +340,9 @@ class _Follower:
         _, start, _ = self.inflight.popleft()
         notes, nxt, self.held = _read_reply(reply)
         for index in _missing(reply, start, nxt):
+            if index in self.ahead:  # repaired already, and came on PUB before this reply
+                self.late.append(self.ahead.pop(index))
+                continue
             self.skipped[index] = None
             if len(self.skipped) > self.max_ahead:
                 del self.skipped[next(iter(self.skipped))]
