@@ -139,3 +139,22 @@ def test_a_follower_that_read_past_a_damaged_note_gets_it_once_it_is_repaired(
     alone.client.publish("after")
     assert next(follow)["body"] == "after"  # and nothing twice
     follow.close()
+
+
+def test_a_follower_at_a_damaged_last_note_waits_without_asking_again_and_again(
+    tmp: Path, daemons: Daemons
+) -> None:
+    """The newest note is damaged and no peer holds it: a read there finds nothing to show,
+    and its reply must move the follower past it, or the follower would ask at once again,
+    in a tight loop, until a new note came."""
+    a = tmp / "a"
+    member(a)
+    publish(a, *[f"hello world {i}" for i in range(10)])
+    damage(a, b"hello world 9")
+    alone = daemons(a)
+    before = alone.client.status()["local"]["requests"]
+    got = [n["body"] for n in alone.client.follow(0, timeout=1.0)]
+    assert got == [f"hello world {i}" for i in range(9)]
+    asked = alone.client.status()["local"]["requests"] - before
+    print(f"\nreads in 1 s of following: {asked}")
+    assert asked < 50, asked

@@ -327,10 +327,13 @@ def test_a_body_that_looks_published_again_is_refused_locally_and_opaque_from_a_
     assert carried(2, bytes(32), again(2, b"r" * 32, "hi")) is None  # a root before itself
 
 
-def test_a_long_losing_branch_is_handed_back_a_serving_step_at_a_time() -> None:
+@pytest.mark.parametrize("flap", [False, True])
+def test_a_long_losing_branch_is_handed_back_a_serving_step_at_a_time(flap: bool) -> None:
     """A member holding 3,000 notes of a branch that lost hands them back to their origin as
     serving goes: a step (`serve_step` bytes) at once, the rest at its next ticks, read from
-    the store a page at a time. The origin still publishes every body again, once."""
+    the store a page at a time. The origin still publishes every body again, once; also when
+    the link drops after the first step (the hand-back then starts again after the notes
+    already published again)."""
     rng = random.Random(11)
     for attempt in itertools.count():  # the restored branch must win: the live one is owed
         live = keyed(rng)
@@ -351,10 +354,13 @@ def test_a_long_losing_branch_is_handed_back_a_serving_step_at_a_time() -> None:
     end.close()
     live.close()
     me = Member(restored)
-    sim.connect_nodes(restored, holder.node)
+    end = sim.connect_nodes(restored, holder.node)
     sim.run_until_quiescent()  # no tick yet: a step of the hand-back has gone
     first = restored.count
     assert first < 3002, "the whole branch went back at once"
+    if flap:
+        end.close()
+        sim.connect_nodes(restored, holder.node)
     assert sim.run_until(lambda: restored.count == 3002 and converged([me, holder]),
                          timeout=60, tick=0.5)
     bodies = {"zero", f"one, restored {attempt}", *(f"live {i}" for i in range(3000))}

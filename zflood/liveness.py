@@ -57,6 +57,11 @@ def hi_payload(node: bytes, port: int, nonce: bytes, hears: int) -> bytes:
     return _HI.pack(MESH_VERSION, node, port, nonce, hears)
 
 
+def _host(address: str) -> str:
+    """One address, however a connection shows it (IPv4 seen through an IPv6 socket too)."""
+    return address.removeprefix("::ffff:")
+
+
 def short(node: bytes) -> str:
     return node.hex()[:8]  # the one short id form (zflood.members.short)
 
@@ -549,7 +554,13 @@ class Liveness:
                          level=logging.DEBUG)
 
     def _has_room(self, host: str) -> bool:
-        return len(self._hosts.get(host, ())) < self.config.members_per_host
+        """Fewer than `members_per_host` members heard from `host` now (one gone silent, or
+        only announced, holds no place)."""
+        nodes = self._hosts.get(_host(host), ())
+        if len(nodes) < self.config.members_per_host:
+            return True
+        heard = sum(1 for n in nodes if (p := self._peers.get(n)) and p.heard_at is not None)
+        return heard < self.config.members_per_host
 
     def _prove(self, peer: _Peer, user_id: str, host: str) -> None:
         """A valid HI of its own: a member, dialled freely from now on, and the sender of
@@ -557,6 +568,7 @@ class Liveness:
         if not peer.user_id:
             peer.user_id = user_id
             self._by_user[user_id] = peer
+        host = _host(host)
         if peer.host != host:  # first heard, or moved (a laptop on another network)
             self._unhost(peer)
             peer.host = host

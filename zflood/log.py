@@ -230,11 +230,15 @@ class Log:
                     run = open_runs.pop(after)
                     break
             if run is None:
-                if seqno > have:
-                    continue
-                after = self.id_at(origin, seqno - 1)
-                if note_id(origin, seqno, after, body) != nid:
-                    continue  # it follows nothing we hold: it cannot be checked
+                chain = self.id_at(origin, seqno - 1) if seqno <= have else None
+                if chain is not None and note_id(origin, seqno, chain, body) == nid:
+                    after = chain
+                else:  # after a note off the chain here (its body published again since)
+                    found = [a for a in self.store.off_chain_ids(origin, seqno - 1)
+                             if note_id(origin, seqno, a, body) == nid]
+                    if not found:
+                        continue  # it follows nothing we hold: it cannot be checked
+                    after = found[0]
                 run = (seqno, after, [])
             start, prev, bodies = run
             bodies.append(body)

@@ -950,7 +950,7 @@ class Node:
                 return
             peer.handing = self._log.runs(
                 origin, self._store.owed_pages(origin, self.config.batch_notes))
-        if peer.handing is None:
+        if peer.handing is None or self._held_back(peer):
             return
         c = self.config
         spent = frames = 0
@@ -1476,7 +1476,8 @@ class Node:
         """A peer's signed run of `origin` covers notes damaged here: put them back, if the
         run continues our chain where it is intact."""
         bad = self._store.damaged.get(origin, set())
-        if start > 0 and start - 1 not in bad:
+        if start > 0 and start - 1 not in bad and (origin, start - 1) not in \
+                self._store.unrepairable:
             stored = self._store.id_at(origin, start - 1)
             if stored != prev:
                 return  # another chain: the fork logic decides

@@ -66,8 +66,6 @@ _SEQ_BITS = 40  # a key is origin number << 40 | seqno: 2**40 notes per origin
 _MAX_SEQ = (1 << _SEQ_BITS) - 1
 #: Most damaged seqnos remembered per origin (a wrecked page can hold a hundred notes).
 MAX_DAMAGED = 100_000
-#: Widest gap of arrival indices searched for the one a lost note had (see Store.repair).
-_MAX_FREE_SEARCH = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -494,6 +492,8 @@ class Store:
                 bad.difference_update({q for q in bad if q >= start})
                 if not bad:
                     del self.damaged[origin]
+            for at in [at for at in self._damaged_index if at[0] == origin and at[1] >= start]:
+                self.damaged_at.pop(self._damaged_index.pop(at), None)
             self._load_span(no)
             first = self.next_index
             if rows:
@@ -501,6 +501,14 @@ class Store:
             if again:
                 self._add_again(origin, again)
         return first
+
+    def off_chain_ids(self, origin: bytes, seqno: int) -> list[bytes]:
+        """Ids of the notes at `seqno` of `origin` held off its chain (see `keep`)."""
+        no = self._origin_no.get(origin)
+        if no is None or seqno < 0:
+            return []
+        return [bytes(r[0]) for r in self._fetch(
+            "SELECT id FROM dropped WHERE origin = ? AND seqno = ?", (no, seqno))]
 
     def holds_off_chain(self, origin: bytes, seqno: int, nid: bytes) -> bool:
         """Whether note `nid` at `seqno` of `origin` is held off its chain (see `keep`)."""
@@ -534,7 +542,7 @@ class Store:
         k = (no << _SEQ_BITS) | seqno
         sig = row[1]
         with self._errors("cannot write to store"):
-            old = self._fetchone("SELECT sig, idx FROM log WHERE k = ?", (k,))
+            old = self._fetchone("SELECT sig, idx, id, body FROM log WHERE k = ?", (k,))
             if sig is None and old is not None and isinstance(old[0], bytes) and verify(
                     origin, old[0], row[0]):
                 # keep the signature stored there if it still holds (it marks where a batch
@@ -542,6 +550,11 @@ class Store:
                 sig = old[0]
             index = old[1] if old is not None and type(old[1]) is int else self._free_index(
                 no, seqno)
+            if (old is not None and type(old[1]) is int and old[2] == row[0]
+                    and old[3] == row[2] and old[0] == sig):
+                # intact: what fails is its link, to a note before it that could not be put
+                # back; writing it again would change nothing (and deliver it again)
+                index = None
             if index is not None:
                 self._db.execute(
                     "INSERT INTO log (k, idx, id, sig, body) VALUES (?, ?, ?, ?, ?)"
@@ -559,30 +572,49 @@ class Store:
         return int(index)
 
     def _free_index(self, no: int, seqno: int) -> int | None:
-        """The arrival index a lost note of origin `no` at `seqno` had: one between its
-        neighbours' (indices grow with the seqno within an origin) that no other note holds.
-        None if there is none, or the gap is too wide to look through."""
+        """The arrival index a lost note of origin `no` at `seqno` had. Indices grow with the
+        seqno within an origin, so it lies between the indices of the rows held around it,
+        and no other note holds it: of the indices free there, the lost notes take them in
+        seqno order. Found by bisection on how many indices each origin's notes take below a
+        point (a binary search per origin), so a wide gap costs no more than a narrow one.
+        None if there is none free."""
         base = no << _SEQ_BITS
-        below = self._fetchone("SELECT idx FROM log WHERE k >= ? AND k < ? ORDER BY k DESC"
+        below = self._fetchone("SELECT k, idx FROM log WHERE k >= ? AND k < ? ORDER BY k DESC"
                                " LIMIT 1", (base, base + seqno))
         above = self._fetchone("SELECT idx FROM log WHERE k > ? AND k <= ? ORDER BY k"
                                " LIMIT 1", (base + seqno, base | _MAX_SEQ))
-        lo = below[0] if below is not None and type(below[0]) is int else -1
+        lo = below[1] if below is not None and type(below[1]) is int else -1
         hi = above[0] if above is not None and type(above[0]) is int else self.next_index
-        if hi - lo - 1 > _MAX_FREE_SEARCH or hi - lo < 2:
+        nth = seqno - (below[0] - base + 1 if below is not None else 0)  # lost ones before it
+        others = [o for o, span in self._spans.items()
+                  if o != no and span.last_index > lo and span.first_index < hi]
+
+        def free(a: int, b: int) -> int:  # indices in [a, b) no note holds
+            used = sum(self._taken_below(o, b) - self._taken_below(o, a) for o in others)
+            used += int(self._fetchone("SELECT count(*) FROM dropped WHERE idx >= ?"
+                                       " AND idx < ?", (a, b))[0])
+            return (b - a) - used
+
+        if hi - lo - 1 < 1 or free(lo + 1, hi) <= nth:
             return None
-        used: set[int] = set()
-        for other, span in self._spans.items():
-            if other == no or span.last_index <= lo or span.first_index >= hi:
-                continue
-            obase = other << _SEQ_BITS
-            rows = self._fetch("SELECT idx FROM log WHERE k >= ? AND k <= ? ORDER BY k LIMIT ?",
-                               (obase + self._first_at(other, lo + 1), obase | _MAX_SEQ,
-                                hi - lo))
-            used.update(i for (i,) in rows if type(i) is int and lo < i < hi)
-        used.update(i for (i,) in self._fetch(
-            "SELECT idx FROM dropped WHERE idx > ? AND idx < ?", (lo, hi)))
-        return next((i for i in range(lo + 1, hi) if i not in used), None)
+        left, right = lo + 1, hi - 1  # the smallest m with nth + 1 free in [lo + 1, m]
+        while left < right:
+            mid = (left + right) // 2
+            if free(lo + 1, mid + 1) > nth:
+                right = mid
+            else:
+                left = mid + 1
+        return left
+
+    def _taken_below(self, no: int, index: int) -> int:
+        """How many notes of origin `no` have an index below `index` (its log held from
+        seqno 0 without a gap)."""
+        span = self._spans[no]
+        if index <= span.first_index:
+            return 0
+        if index > span.last_index:
+            return span.last + 1
+        return self._first_at(no, index)
 
     def add_fork(self, fork: Fork) -> bool:
         """Record a fork once per (origin, seqno); True if it is new."""
@@ -855,7 +887,7 @@ class Store:
                 if seq != expect:
                     # A damaged key: the note that belongs here is missing or moved. (A
                     # damaged B-tree can even hand back rows outside the range asked.)
-                    self._damage(origin, expect)
+                    self._damage(origin, expect, self._lost_index(no, origin, expect))
                     if not expect < seq <= _MAX_SEQ:
                         continue
                     expect = seq
@@ -876,7 +908,8 @@ class Store:
                         else:
                             self._damage(origin, seq, idx)
                 else:
-                    self._damage(origin, seq, idx)
+                    self._damage(origin, seq, idx if type(idx) is int else
+                                 self._lost_index(no, origin, seq))
                 prev, expect = nid, seq + 1
             if len(rows) < chunk:
                 return
@@ -962,8 +995,14 @@ class Store:
         such as a stored signature that fails, found it)."""
         self._damage(origin, seqno)
 
+    def _lost_index(self, no: int, origin: bytes, seqno: int) -> int | None:
+        """The index of a note whose row (or index) is gone, once: what a read skipped."""
+        if (origin, seqno) in self._damaged_index or (origin, seqno) in self.unrepairable:
+            return None
+        return self._free_index(no, seqno)
+
     def _damage(self, origin: bytes, seqno: int, index: object = None) -> None:
-        if not 0 <= seqno <= _MAX_SEQ:
+        if not 0 <= seqno <= _MAX_SEQ or (origin, seqno) in self.unrepairable:
             return
         if type(index) is int and len(self.damaged_at) < MAX_DAMAGED:
             self.damaged_at[index] = (origin, seqno)

@@ -353,6 +353,9 @@ class LocalAPI:
                 notes.append(note_map(note))
                 if app is None:
                     scanned = note.index + 1
+            else:
+                if app is None:  # all of the range was read: what it lacks is not shown
+                    scanned = start + limit  # here (or is damaged: "missing" names those)
             nxt = min(scanned, max(count, start))
             reply = {"ok": True, "notes": notes, "next": nxt, "count": count}
             missing = self._node.missing(start, nxt)
