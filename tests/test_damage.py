@@ -213,3 +213,42 @@ def test_a_damaged_key_of_the_last_note_does_not_make_the_log_look_longer(
     sim.run_until_quiescent()
     assert [n.body for n in peer.notes()] == [f"note {i}" for i in range(11)]
     node.close()
+
+
+def test_notes_lost_in_two_origins_come_back_in_place_and_reach_a_subscriber(
+    tmp_path: Path,
+) -> None:
+    """A row lost in each of two origins (one relayed, so the note after it keeps its stored
+    signature): both are fetched again and put back at their old indices, and a subscriber
+    gets every note, the one after each lost row included."""
+    path = tmp_path / "a.db"
+    a, b, c = Node(path=str(path)), Node(), Node()
+    sim = Sim()
+    sim.connect_nodes(a, b)
+    sim.connect_nodes(a, c)
+    for i in range(30):
+        a.publish(f"a {i}")
+        if i % 2 == 0:
+            b.publish(f"b {i}")
+        if i % 3 == 0:
+            c.publish_many([f"c {i}", f"c {i}x"])
+        sim.run_until_quiescent()
+    order = [(n.origin, n.seqno, n.index) for n in a.notes()]
+    ids = {"a": a.id, "b": b.id}
+    a.close()
+    db = sqlite3.connect(path)
+    for who, seqno in (("b", 2), ("a", 7)):
+        (no,) = db.execute("SELECT no FROM origins WHERE origin = ?", (ids[who],)).fetchone()
+        db.execute("DELETE FROM log WHERE k = ?", (no << 40 | seqno,))
+    db.commit()
+    db.close()
+    a = Node(path=str(path))
+    got: list[Note] = []
+    a.subscribe(got.append)
+    sim = Sim()
+    sim.connect_nodes(a, c)  # c holds a's and b's notes too
+    assert sim.run_until(lambda: not a.store_status["damaged"], timeout=30, tick=0.5)
+    assert [(n.origin, n.seqno, n.index) for n in a.notes()] == order
+    assert {(n.origin, n.seqno) for n in got} == {(o, s) for o, s, _ in order}
+    assert not a._store.unrepairable
+    a.close()

@@ -66,6 +66,9 @@ _SEQ_BITS = 40  # a key is origin number << 40 | seqno: 2**40 notes per origin
 _MAX_SEQ = (1 << _SEQ_BITS) - 1
 #: Most damaged seqnos remembered per origin (a wrecked page can hold a hundred notes).
 MAX_DAMAGED = 100_000
+#: A lost note's index is found by looking at every index between its neighbours' when they
+#: are at most this far apart, else by bisection on counts (see Store._free_index).
+_SCAN_INDICES = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -281,6 +284,7 @@ class Store:
         #: read skipped, so a follower can take the note when it is repaired
         self.damaged_at: dict[int, tuple[bytes, int]] = {}
         self._damaged_index: dict[tuple[bytes, int], int] = {}  # the same, the other way
+        self._index_unknown: set[tuple[bytes, int]] = set()  # damaged, index not found
         #: called once per newly damaged note with (origin, seqno)
         self.on_damage: Callable[[bytes, int], None] | None = None
         try:
@@ -494,6 +498,8 @@ class Store:
                     del self.damaged[origin]
             for at in [at for at in self._damaged_index if at[0] == origin and at[1] >= start]:
                 self.damaged_at.pop(self._damaged_index.pop(at), None)
+            for lost in (self.unrepairable, self._index_unknown):
+                lost.difference_update({at for at in lost if at[0] == origin and at[1] >= start})
             self._load_span(no)
             first = self.next_index
             if rows:
@@ -551,7 +557,8 @@ class Store:
             index = old[1] if old is not None and type(old[1]) is int else self._free_index(
                 no, seqno)
             if (old is not None and type(old[1]) is int and old[2] == row[0]
-                    and old[3] == row[2] and old[0] == sig):
+                    and old[3] == row[2] and old[0] == sig
+                    and (origin, seqno - 1) in self.unrepairable):
                 # intact: what fails is its link, to a note before it that could not be put
                 # back; writing it again would change nothing (and deliver it again)
                 index = None
@@ -588,6 +595,20 @@ class Store:
         nth = seqno - (below[0] - base + 1 if below is not None else 0)  # lost ones before it
         others = [o for o, span in self._spans.items()
                   if o != no and span.last_index > lo and span.first_index < hi]
+        if hi - lo - 1 <= _SCAN_INDICES:  # narrow: look at every index (exact even when
+            used: set[int] = set()       # another origin lost a row there too)
+            for other in others:
+                obase = other << _SEQ_BITS
+                # from a little before where its notes pass `lo`: a row it lost too would
+                # put that point late
+                begin = max(0, self._taken_below(other, lo + 1) - 64)
+                rows = self._fetch("SELECT idx FROM log WHERE k >= ? AND k <= ? ORDER BY k"
+                                   " LIMIT ?", (obase + begin, obase | _MAX_SEQ, hi - lo + 64))
+                used.update(i for (i,) in rows if type(i) is int and lo < i < hi)
+            used.update(i for (i,) in self._fetch(
+                "SELECT idx FROM dropped WHERE idx > ? AND idx < ?", (lo, hi)))
+            free_ones = [i for i in range(lo + 1, hi) if i not in used]
+            return free_ones[nth] if nth < len(free_ones) else None
 
         def free(a: int, b: int) -> int:  # indices in [a, b) no note holds
             used = sum(self._taken_below(o, b) - self._taken_below(o, a) for o in others)
@@ -997,9 +1018,13 @@ class Store:
 
     def _lost_index(self, no: int, origin: bytes, seqno: int) -> int | None:
         """The index of a note whose row (or index) is gone, once: what a read skipped."""
-        if (origin, seqno) in self._damaged_index or (origin, seqno) in self.unrepairable:
+        at = (origin, seqno)
+        if at in self._damaged_index or at in self.unrepairable or at in self._index_unknown:
             return None
-        return self._free_index(no, seqno)
+        index = self._free_index(no, seqno)
+        if index is None:
+            self._index_unknown.add(at)  # not looked for again on every read
+        return index
 
     def _damage(self, origin: bytes, seqno: int, index: object = None) -> None:
         if not 0 <= seqno <= _MAX_SEQ or (origin, seqno) in self.unrepairable:
