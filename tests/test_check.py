@@ -10,6 +10,7 @@ from daemons import (
     ENV,
     WAIT,
     ZFLOOD,
+    Daemon,
     Daemons,
     daemons_fixture,
     member,
@@ -50,6 +51,17 @@ def damage(state: Path, text: bytes) -> None:
     path.write_bytes(bytes(data))
 
 
+def synced(a: Path, b: Path, daemons: Daemons) -> tuple[Daemon, Daemon]:
+    """Members `a` (holding 30 notes, "hello world 0".."29") and `b`, their daemons running
+    and `b` holding all of `a`'s notes."""
+    member(b, member(a))
+    publish(a, *[f"hello world {i}" for i in range(30)])
+    first = daemons(a)
+    second = daemons(b, first.listen)
+    wait_for(lambda: len(second.held()) == 30, WAIT, "b to hold a's notes")
+    return first, second
+
+
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode != 0 and "Traceback" not in done.stderr, done
     lines = done.stderr.strip("\n").splitlines()
@@ -77,11 +89,7 @@ def test_check_through_the_daemon_finds_damage_and_the_daemon_repairs_it_from_a_
     tmp: Path, daemons: Daemons
 ) -> None:
     a, b = tmp / "a", tmp / "b"
-    member(b, member(a))
-    publish(a, *[f"hello world {i}" for i in range(30)])
-    first = daemons(a)
-    second = daemons(b, first.listen)
-    wait_for(lambda: len(second.held()) == 30, WAIT, "b to hold a's notes")
+    first, second = synced(a, b, daemons)
     assert first.stop() == 0
     damage(a, b"hello world 7")
     again = daemons(a, second.listen)
@@ -122,11 +130,7 @@ def test_a_follower_that_read_past_a_damaged_note_gets_it_once_it_is_repaired(
     """Catching up while a note is damaged: the read skips it and says so; once it is
     fetched again from a peer it reaches the follower (late, out of order), once."""
     a, b = tmp / "a", tmp / "b"
-    member(b, member(a))
-    publish(a, *[f"hello world {i}" for i in range(30)])
-    first = daemons(a)
-    second = daemons(b, first.listen)
-    wait_for(lambda: len(second.held()) == 30, WAIT, "b to hold a's notes")
+    first, second = synced(a, b, daemons)
     assert first.stop() == 0 and second.stop() == 0
     damage(a, b"hello world 7")
     alone = daemons(a)  # no peer to repair from yet

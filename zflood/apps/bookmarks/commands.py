@@ -175,13 +175,15 @@ def cmd_export(s: Session, state: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(s: Session, state: Path, args: argparse.Namespace) -> int:
-    n = sync_once(s, state, args.file, args.format, watching=False)
+    n, _ = sync_once(s, state, args.file, args.format, watching=False)
     print(f"synced {args.file}: {n} edits from it")
     return 0
 
 
-def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bool) -> int:
-    """One sync of `path`; the number of edits it made of the file's changes."""
+def sync_once(s: Session, state: Path, path: Path, fmt: str | None,
+              watching: bool) -> tuple[int, bytes]:
+    """One sync of `path`: the number of edits it made of the file's changes, and the file's
+    content as this sync left it."""
     from . import sync
 
     try:
@@ -218,30 +220,45 @@ def sync_once(s: Session, state: Path, path: Path, fmt: str | None, watching: bo
         files.write_atomically(path, out)
     written = {it.id for _, it in s.tree.walk()} - set(ROOTS)
     sync.save_snapshot(state, path, roots, fmt, (written - seen) if watching else set())
-    return len(ops)
+    return len(ops), out
 
 
 def _watch(state: Path, args: argparse.Namespace) -> int:
     stopping = stop_on_signals()
     print(f"syncing {args.file} until interrupted. {BROWSER_NOTE}", file=sys.stderr)
     last_file: tuple[int, int] | None = None
+    ours: bytes | None = None  # what the last sync left in the file, until it is looked at
     last_note = -1
     first = True
     while not stopping.is_set():
         sig = _stat(args.file)
+        if ours is not None:
+            # A browser may write the file right after we did: its stat alone, taken after
+            # our write, could be the browser's. Our own write is known by its content.
+            if sig is not None and _content(args.file) == ours:
+                last_file = sig
+            ours = None
         with opened(state) as group:
             newer, _ = group.read(last_note + 1, 1, app=APP)
             if first or sig != last_file or newer:
                 first = False
                 s = Session(group)
-                n = sync_once(s, state, args.file, args.format, watching=True)
+                n, ours = sync_once(s, state, args.file, args.format, watching=True)
                 if n:
                     print(f"synced {args.file}: {n} edits from it", flush=True)
-                last_note, last_file = s.last, _stat(args.file)
+                last_note = s.last
+                continue  # look at the file again at once: is what it holds ours?
         deadline = time.monotonic() + args.interval
         while not stopping.is_set() and time.monotonic() < deadline:
             time.sleep(min(0.1, args.interval))  # a file offers no event to await (no inotify)
     return 0
+
+
+def _content(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
