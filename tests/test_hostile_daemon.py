@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,43 +20,36 @@ from zflood.config import DEFAULT
 from zflood.identity import Group
 from zflood.statedir import open_node
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import hostile_peer  # a script beside the benchmark, not a package
+
 tmp = tmp_fixture("zh")
 start = daemons_fixture()
-PEER = Path(__file__).resolve().parents[1] / "tools" / "hostile_peer.py"
+PEER = Path(hostile_peer.__file__)
 
 
 class Attacker:
-    """tools/hostile_peer.py ACTION with `spec` on stdin; its JSON lines read by a thread."""
+    """tools/hostile_peer.py ACTION with `spec` on stdin, its events read by the tool's own
+    `Events`."""
 
     def __init__(self, action: str, spec: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(PEER), action], env=ENV, text=True,
+        self.proc = subprocess.Popen([sys.executable, str(PEER), action], env=ENV,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec))
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(spec).encode())
         self.proc.stdin.close()
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
+        self.events = hostile_peer.Events(self.proc.stdout)
 
     def wait(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"the attacker sent no {event!r} in {timeout} s") from None
-            if line is None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise AssertionError(f"the attacker ended before {event!r}: {err}")
-            if line.get("event") == event:
-                return line
+        try:
+            line = self.events.wait(event, timeout)
+        except TimeoutError:
+            raise AssertionError(f"the attacker sent no {event!r} in {timeout} s") from None
+        if line is None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise AssertionError(f"the attacker ended before {event!r}: {err}")
+        return line
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -68,7 +59,7 @@ class Attacker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
-        self._reader.join(5)
+        self.events.join(5)
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -48,9 +47,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import cbor2
+import hostile_peer  # beside this script: the attacker's side, run as a process of its own
 import zmq
 
 import zflood
@@ -384,28 +384,18 @@ class Attacker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(spec).encode())
         self.proc.stdin.close()
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, out: IO[bytes]) -> None:
-        for line in out:
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-        self.events.put(None)
+        self.events = hostile_peer.Events(self.proc.stdout)
 
     def wait(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise BenchError(f"the {self.action} attacker sent no {event!r} within "
-                                 f"{timeout:g} s") from None
-            if got is None:
-                raise BenchError(f"the {self.action} attacker exited before {event!r}: "
-                                 f"{tail(self.log)}")
-            if got.get("event") == event:
-                return got
+        try:
+            got = self.events.wait(event, timeout)
+        except TimeoutError:
+            raise BenchError(f"the {self.action} attacker sent no {event!r} within "
+                             f"{timeout:g} s") from None
+        if got is None:
+            raise BenchError(f"the {self.action} attacker exited before {event!r}: "
+                             f"{tail(self.log)}")
+        return got
 
     def finish(self) -> dict[str, Any]:
         done = self.wait("done", self.seconds + 30)

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import random
 import socket
 import struct
@@ -40,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import cbor2
 import zmq
@@ -56,6 +57,40 @@ HI_EVERY = 0.5  # keepalive: well inside the victim's peer_timeout
 
 def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
+
+
+class Events:
+    """For the parent: what a running `hostile_peer.py` prints on `out` (its stdout), read by
+    a thread of its own, waited for one event at a time."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(out,), daemon=True)
+        self._thread.start()
+
+    def _read(self, out: IO[bytes]) -> None:
+        for line in out:
+            with contextlib.suppress(ValueError):
+                self._lines.put(json.loads(line))
+        self._lines.put(None)
+
+    def wait(self, event: str, timeout: float) -> dict[str, Any] | None:
+        """The next line of `event`; None if the process ended before it. TimeoutError if
+        none came within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(event) from None
+            if got is None:
+                self._lines.put(None)  # still ended for the next wait
+                return None
+            if got.get("event") == event:
+                return got
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
 
 class RawMember:

@@ -234,11 +234,11 @@ class Log:
                 if chain is not None and note_id(origin, seqno, chain, body) == nid:
                     after = chain
                 else:  # after a note off the chain here (its body published again since)
-                    found = [a for a in self.store.off_chain_ids(origin, seqno - 1)
-                             if note_id(origin, seqno, a, body) == nid]
-                    if not found:
+                    off = next((a for a in self.store.off_chain_ids(origin, seqno - 1)
+                                if note_id(origin, seqno, a, body) == nid), None)
+                    if off is None:
                         continue  # it follows nothing we hold: it cannot be checked
-                    after = found[0]
+                    after = off
                 run = (seqno, after, [])
             start, prev, bodies = run
             bodies.append(body)

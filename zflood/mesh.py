@@ -409,16 +409,17 @@ class Mesh:
             if version != b"1.0":
                 continue
             user_id = creds[0].hex() if len(creds) == 1 else ""
+            address_text = peer_ip.decode(errors="replace")
             if domain != ZAP_DOMAIN or mechanism != b"CURVE" or not user_id:
                 refusals.fault(self._now(), "refused handshake", repr(peer_ip),
                                "refused a %r handshake from %r", mechanism, peer_ip,
                                level=logging.INFO)
                 reply = [b"400", b"CURVE in the zflood domain only", b""]
-            elif not self.liveness.admits(user_id, peer_ip.decode(errors="replace")):
+            elif not self.liveness.admits(user_id, address_text):
                 refusals.fault(self._now(), "refused member", repr(peer_ip),
                                "refused the handshake of a new member at %s: it has %d",
-                               peer_ip.decode(errors="replace"),
-                               self._config.members_per_host, level=logging.INFO)
+                               address_text, self._config.members_per_host,
+                               level=logging.INFO)
                 reply = [b"400", b"too many members at this address", b""]
             else:
                 reply = [b"200", b"OK", user_id.encode()]

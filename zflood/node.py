@@ -511,7 +511,7 @@ class Node:
     def missing(self, start: int, end: int) -> list[int]:
         """Arrival indices in [start, end) of notes left out as damaged (being fetched again):
         a reader that skipped one takes it when it is repaired, delivered at that index."""
-        return sorted(i for i in self._store.damaged_at if start <= i < end)
+        return sorted(i for i in self._store.damaged_at.values() if start <= i < end)
 
     def app_notes(self, app: str, start: int = 0, limit: int = 1000) -> tuple[list[Note], int]:
         """Held notes of `app` (see `zflood.appnote`) from index `start`, at most `limit`, and
@@ -793,7 +793,7 @@ class Node:
             self._repair(origin, start, prev, ids, bodies, sig, have)
         # Validly signed. Does it continue our chain? If not, the origin signed two chains.
         if prev != self._id_at(origin, start - 1, have):
-            if start > 0 and self._store.holds_off_chain(origin, start - 1, prev):
+            if start > 0 and prev in self._store.off_chain_ids(origin, start - 1):
                 # the next run of a branch that lost (a long one comes back a run at a
                 # time): off the chain too
                 if self._log.keep_lost(origin, start, ids, bodies, sig):
@@ -950,9 +950,9 @@ class Node:
                 return
             peer.handing = self._log.runs(
                 origin, self._store.owed_pages(origin, self.config.batch_notes))
-        if peer.handing is None or self._held_back(peer):
+        step = self.config.serve_step
+        if peer.handing is None or self._step_over(peer, 0, 0, step):
             return
-        c = self.config
         spent = frames = 0
         try:
             for batch in peer.handing:
@@ -960,7 +960,7 @@ class Node:
                 self._send_frame(peer, frame)
                 spent += len(frame)
                 frames += 1
-                if spent >= c.serve_step or frames >= c.serve_frames or self._held_back(peer):
+                if self._step_over(peer, spent, frames, step):
                     return  # the rest at the next tick
         except StoreError as e:
             self._store_failed(e)
@@ -1149,6 +1149,16 @@ class Node:
         """Its channel still holds `peer_backlog` bytes we sent (the peer does not read)."""
         return _backlog(peer.channel) >= self.config.peer_backlog
 
+    def _step_over(self, peer: _Peer, spent: int, frames: int, budget: int) -> bool:
+        """A serving step to `peer` that sent `spent` bytes in `frames` batches is over: its
+        budget or `serve_frames` is reached, or the peer leaves `peer_backlog` unread."""
+        if spent >= budget or frames >= self.config.serve_frames or peer.closed:
+            return True
+        if self._held_back(peer):
+            self.stats.backlog_waits += 1
+            return True
+        return False
+
     def _unqueue(self, peer: _Peer, origin: bytes) -> None:
         for r in peer.queue.pop(origin, ()):
             peer.queued -= max(0, r.end - r.pos)
@@ -1158,11 +1168,7 @@ class Node:
         `serve_frames` batches went out."""
         spent = frames = 0
         try:
-            while (peer.queue and spent < budget and frames < self.config.serve_frames
-                   and not peer.closed):
-                if self._held_back(peer):
-                    self.stats.backlog_waits += 1
-                    break
+            while peer.queue and not self._step_over(peer, spent, frames, budget):
                 origin = next(iter(peer.queue))
                 ranges = peer.queue[origin]
                 r = ranges[0]

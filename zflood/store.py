@@ -280,10 +280,9 @@ class Store:
         self.damaged_off_chain: set[tuple[int, int, object]] = set()
         #: (origin, seqno) of damaged notes that could not be put back (no index left free)
         self.unrepairable: set[tuple[bytes, int]] = set()
-        #: arrival index -> (origin, seqno) of damaged notes whose index is known: what a
+        #: (origin, seqno) -> arrival index of damaged notes whose index is known: what a
         #: read skipped, so a follower can take the note when it is repaired
-        self.damaged_at: dict[int, tuple[bytes, int]] = {}
-        self._damaged_index: dict[tuple[bytes, int], int] = {}  # the same, the other way
+        self.damaged_at: dict[tuple[bytes, int], int] = {}
         self._index_unknown: set[tuple[bytes, int]] = set()  # damaged, index not found
         #: called once per newly damaged note with (origin, seqno)
         self.on_damage: Callable[[bytes, int], None] | None = None
@@ -496,10 +495,12 @@ class Store:
                 bad.difference_update({q for q in bad if q >= start})
                 if not bad:
                     del self.damaged[origin]
-            for at in [at for at in self._damaged_index if at[0] == origin and at[1] >= start]:
-                self.damaged_at.pop(self._damaged_index.pop(at), None)
-            for lost in (self.unrepairable, self._index_unknown):
-                lost.difference_update({at for at in lost if at[0] == origin and at[1] >= start})
+            replaced = {at for at in (*self.damaged_at, *self.unrepairable, *self._index_unknown)
+                        if at[0] == origin and at[1] >= start}
+            for at in replaced:
+                self.damaged_at.pop(at, None)
+            self.unrepairable -= replaced
+            self._index_unknown -= replaced
             self._load_span(no)
             first = self.next_index
             if rows:
@@ -515,13 +516,6 @@ class Store:
             return []
         return [bytes(r[0]) for r in self._fetch(
             "SELECT id FROM dropped WHERE origin = ? AND seqno = ?", (no, seqno))]
-
-    def holds_off_chain(self, origin: bytes, seqno: int, nid: bytes) -> bool:
-        """Whether note `nid` at `seqno` of `origin` is held off its chain (see `keep`)."""
-        no = self._origin_no.get(origin)
-        return no is not None and self._fetchone(
-            "SELECT 1 FROM dropped WHERE origin = ? AND seqno = ? AND id = ?",
-            (no, seqno, nid)) is not None
 
     def keep(self, origin: bytes, notes: Sequence[Dropped]) -> int:
         """Keep notes of `origin` that are not on its chain here (never shown here);
@@ -554,8 +548,10 @@ class Store:
                 # keep the signature stored there if it still holds (it marks where a batch
                 # as received ended); a damaged one goes
                 sig = old[0]
-            index = old[1] if old is not None and type(old[1]) is int else self._free_index(
-                no, seqno)
+            index = old[1] if old is not None and type(old[1]) is int else \
+                self.damaged_at.get((origin, seqno))  # found when a read skipped it
+            if index is None:
+                index = self._free_index(no, seqno)
             if (old is not None and type(old[1]) is int and old[2] == row[0]
                     and old[3] == row[2] and old[0] == sig
                     and (origin, seqno - 1) in self.unrepairable):
@@ -571,11 +567,12 @@ class Store:
         bad.discard(seqno)
         if not bad:
             del self.damaged[origin]
-        self.damaged_at.pop(self._damaged_index.pop((origin, seqno), -1), None)
+        self.damaged_at.pop((origin, seqno), None)
         if index is None:
             self.unrepairable.add((origin, seqno))
             return None
-        self._load_span(no)
+        if old is None or old[1] != index or seqno == self._spans[no].last:
+            self._load_span(no)  # a row put back, or the head's id: what is kept in memory
         return int(index)
 
     def _free_index(self, no: int, seqno: int) -> int | None:
@@ -703,8 +700,7 @@ class Store:
         seq, prev = (below[0] - base + 1, below[1]) if below is not None else (0, GENESIS)
         row = self._fetchone("SELECT body FROM log WHERE k = ?", (k,))
         body = None if row is None else row[0]  # None: a damaged B-tree, found one way only
-        if (_is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
-                and note_id(self._origins[no], seq, prev, body) == nid):
+        if _links(self._origins[no], seq, prev, body, nid):
             with contextlib.suppress(sqlite3.Error):  # unfixable here: reads still check it
                 self._db.execute("UPDATE log SET k = ? WHERE k = ?", (base + seq, k))
                 return base + seq
@@ -912,11 +908,7 @@ class Store:
                     if not expect < seq <= _MAX_SEQ:
                         continue
                     expect = seq
-                if (
-                    type(idx) is int and _is_id(prev) and _is_id(nid)
-                    and isinstance(body, str | bytes)
-                    and note_id(origin, seq, prev, body) == nid  # type: ignore[arg-type]
-                ):
+                if type(idx) is int and _links(origin, seq, prev, body, nid):
                     if idx >= stop:
                         return
                     extra = again.get(seq) if again else None
@@ -962,33 +954,26 @@ class Store:
                 (start, stop, chunk),
             )
             for idx, origin, seq, shown, nid, body, no in rows:
-                if self._dropped_intact(no, bytes(origin), seq, nid, body, shown):
+                if self._dropped_intact(bytes(origin), seq, nid, body, shown):
                     yield Note(bytes(origin), seq, shown, bytes(nid), idx)
-                elif (no, seq, nid) not in self.damaged_off_chain:
+                else:
                     self.damaged_off_chain.add((no, seq, nid))
             if len(rows) < chunk:
                 return
             start = rows[-1][0] + 1
 
-    def _dropped_intact(self, no: int, origin: bytes, seq: object, nid: object, body: object,
+    def _dropped_intact(self, origin: bytes, seq: object, nid: object, body: object,
                         shown: object) -> bool:
         """Whether a note off the chain still matches its id: it links to the chain note
         before it or to another note off the chain there (the branches split below it), and
         the body shown is its body or the one it published again."""
-        if not (type(seq) is int and 0 <= seq <= _MAX_SEQ and _is_id(nid)
-                and isinstance(body, str | bytes) and isinstance(shown, str | bytes)):
+        if not (type(seq) is int and 0 <= seq <= _MAX_SEQ and isinstance(shown, str | bytes)):
             return False
         if shown != body and not (isinstance(body, bytes) and _ends_with_item(body, shown)):
             return False
-        if seq == 0:
-            prevs: list[object] = [GENESIS]
-        else:
-            prevs = [r[0] for r in self._fetch(
-                "SELECT id FROM log WHERE k = ? UNION ALL"
-                " SELECT id FROM dropped WHERE origin = ? AND seqno = ?",
-                (((no << _SEQ_BITS) | (seq - 1)), no, seq - 1))]
-        return any(_is_id(p) and note_id(origin, seq, p, body) == nid  # type: ignore[arg-type]
-                   for p in prevs)
+        prevs = [GENESIS] if seq == 0 else [self.id_at(origin, seq - 1),
+                                            *self.off_chain_ids(origin, seq - 1)]
+        return any(_links(origin, seq, p, body, nid) for p in prevs)
 
     def _fetch(self, sql: str, args: tuple[object, ...]) -> list[Any]:
         try:
@@ -1019,7 +1004,7 @@ class Store:
     def _lost_index(self, no: int, origin: bytes, seqno: int) -> int | None:
         """The index of a note whose row (or index) is gone, once: what a read skipped."""
         at = (origin, seqno)
-        if at in self._damaged_index or at in self.unrepairable or at in self._index_unknown:
+        if at in self.damaged_at or at in self.unrepairable or at in self._index_unknown:
             return None
         index = self._free_index(no, seqno)
         if index is None:
@@ -1030,8 +1015,7 @@ class Store:
         if not 0 <= seqno <= _MAX_SEQ or (origin, seqno) in self.unrepairable:
             return
         if type(index) is int and len(self.damaged_at) < MAX_DAMAGED:
-            self.damaged_at[index] = (origin, seqno)
-            self._damaged_index[(origin, seqno)] = index
+            self.damaged_at[(origin, seqno)] = index
         bad = self.damaged.setdefault(origin, set())
         if seqno in bad or len(bad) >= MAX_DAMAGED:
             return
@@ -1109,11 +1093,7 @@ class Store:
             if origin is None or type(seq) is not int:
                 continue
             if n_idx == idx:  # on the chain
-                prev = GENESIS if seq == 0 else pid
-                if not (
-                    _is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
-                    and note_id(origin, seq, prev, body) == nid
-                ):
+                if not _links(origin, seq, GENESIS if seq == 0 else pid, body, nid):
                     self._damage(origin, seq, idx)
                     continue
                 if hidden is not None:  # it carries a body published again
@@ -1125,7 +1105,7 @@ class Store:
                     body = shown
                 notes.append(Note(origin, seq, body, nid, idx))
             elif d_id is not None:  # shown here before it left its chain
-                if self._dropped_intact(no, origin, seq, d_id, d_body, d_shown):
+                if self._dropped_intact(origin, seq, d_id, d_body, d_shown):
                     notes.append(Note(origin, seq, d_shown, bytes(d_id), idx))
                 else:
                     self.damaged_off_chain.add((no, seq, d_id))
@@ -1229,6 +1209,13 @@ def _rollback(db: sqlite3.Connection) -> None:
     """Roll back the open transaction, if SQLite has not already (a full disk at COMMIT)."""
     if db.in_transaction:
         db.execute("ROLLBACK")
+
+
+def _links(origin: bytes, seqno: int, prev: object, body: object, nid: object) -> bool:
+    """Whether stored values are an intact note: `nid` is the id of `body` at `seqno` of
+    `origin` after note `prev` (its hash link). Anything a damaged file can hand back fails."""
+    return (_is_id(prev) and _is_id(nid) and isinstance(body, str | bytes)
+            and note_id(origin, seqno, prev, body) == nid)  # type: ignore[arg-type]
 
 
 def _is_id(value: object) -> bool:

@@ -351,8 +351,6 @@ class LocalAPI:
                     scanned = note.index
                     break
                 notes.append(note_map(note))
-                if app is None:
-                    scanned = note.index + 1
             else:
                 if app is None:  # all of the range was read: what it lacks is not shown
                     scanned = start + limit  # here (or is damaged: "missing" names those)
